@@ -1,0 +1,160 @@
+"""Chooses, per device, the implementation of the three building blocks of the factored consensus TSVD.
+
+=============  ==========================================  ===========================================
+block          CPU tensors                                 CUDA tensors
+=============  ==========================================  ===========================================
+pair_gram      C++ ``_C.pair_gram`` (fp64 accumulation)    Triton ``pair_gram`` (fp64 accumulation)
+mix_lowrank    C++ ``_C.mix_lowrank``                      Triton ``mix_lowrank``
+small_core     C++ ``_C.small_core`` (pivoted Cholesky +   fallback: ``small_core_torch`` on the device
+               one-sided Jacobi, OpenMP over the batch)    (eigh + svd in float64); a CUDA kernel follows
+=============  ==========================================  ===========================================
+
+Whenever the preferred implementation is unavailable (extension not built, Triton not installed), the
+pure-PyTorch version from :mod:`decaf_kernels.reference` is used instead; ``backend_info()`` reports which.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from . import _ext
+from .reference import mix_lowrank_torch, pair_gram_torch, small_core_torch
+
+_triton_mod = None
+_triton_err: Optional[str] = None
+
+
+def _triton():
+    """The Triton kernel module, imported on first use (Triton is optional)."""
+    global _triton_mod, _triton_err
+    if _triton_mod is None and _triton_err is None:
+        try:
+            from . import triton_kernels as tk
+
+            if not tk.is_available():
+                raise ImportError("triton is not installed")
+            _triton_mod = tk
+        except Exception as err:  # noqa: BLE001 - any import failure means "use the fallback"
+            _triton_err = f"{type(err).__name__}: {err}"
+    return _triton_mod
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if x.device.type == "cuda":
+        return _triton() is not None
+    # CPU tensors only go through Triton under the interpreter when explicitly asked for (tests do).
+    return False
+
+
+def _cpu_kernel_dtype(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def pair_gram(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """(L, T, Q, Q) float64 Gram blocks x[j]^T x[k] for the pairs; see ``reference.pair_gram_torch``."""
+    N, L, P, Q = x.shape
+    if x.device.type == "cpu":
+        ext = _ext.cpu_ext()
+        if ext is not None:
+            x = _cpu_kernel_dtype(x)
+            pairs = pairs.contiguous()
+            out = torch.empty((L, pairs.shape[0], Q, Q), dtype=torch.float64)
+            ext.pair_gram(x.data_ptr(), str(x.dtype).replace("torch.", ""), L, P, Q, *x.stride(),
+                          pairs.data_ptr(), pairs.shape[0], out.data_ptr())
+            return out
+        return pair_gram_torch(x, pairs)
+    if _use_triton(x):
+        return _triton().pair_gram(x, pairs, acc_dtype=torch.float64)
+    return pair_gram_torch(x, pairs)
+
+
+def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Writes out[i, l] = sum_s x[idx[i, s], l] @ t[i, l, s] into `out` (any strides) and returns it."""
+    N, L, P, Q = x.shape
+    n_out, D = idx.shape
+    R = t.shape[-1]
+    if x.device.type == "cpu":
+        ext = _ext.cpu_ext()
+        if ext is not None:
+            x = x if x.dtype == t.dtype else x.to(t.dtype)
+            t = t.contiguous()
+            idx = idx.contiguous()
+            target = out if out.dtype == t.dtype else torch.empty(out.shape, dtype=t.dtype)
+            ext.mix_lowrank(x.data_ptr(), str(x.dtype).replace("torch.", ""), L, P, Q, *x.stride(),
+                            idx.data_ptr(), n_out, D, t.data_ptr(), R, target.data_ptr(), *target.stride())
+            if target is not out:
+                out.copy_(target)
+            return out
+        out.copy_(mix_lowrank_torch(x, idx, t, out.dtype))
+        return out
+    if _use_triton(x):
+        return _triton().mix_lowrank(x, idx, t, out=out)
+    out.copy_(mix_lowrank_torch(x, idx, t, out.dtype))
+    return out
+
+
+def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float):
+    """Batched top-`rank` core solve (float64); see ``reference.small_core_torch`` for the contract."""
+    batch_shape = Gb.shape[:-2]
+    m = Gb.shape[-1]
+    if Gb.device.type == "cpu":
+        ext = _ext.cpu_ext()
+        if ext is not None:
+            gb = Gb.reshape(-1, m, m).to(torch.float64).contiguous()
+            ga = Ga.reshape(-1, m, m).to(torch.float64).contiguous()
+            nb = gb.shape[0]
+            X = torch.empty((nb, m, rank), dtype=torch.float64)
+            Y = torch.empty((nb, rank, m), dtype=torch.float64)
+            S = torch.empty((nb, rank), dtype=torch.float64)
+            info = torch.empty((nb,), dtype=torch.int32)
+            ext.small_core(gb.data_ptr(), ga.data_ptr(), nb, m, rank, float(alpha),
+                           X.data_ptr(), Y.data_ptr(), S.data_ptr(), info.data_ptr())
+            return (X.reshape(*batch_shape, m, rank), Y.reshape(*batch_shape, rank, m),
+                    S.reshape(*batch_shape, rank))
+    return small_core_torch(Gb.to(torch.float64), Ga.to(torch.float64), rank, alpha)
+
+
+def backend_info() -> dict:
+    """Which implementation each op and building block uses on this machine, and why.
+
+    Returns a dict: ``{"cpu": {...}, "cuda": {...}, "extension": {...}, "triton": ...}``, each entry a
+    short human-readable string. Printing it is the quickest way to see whether the compiled kernels loaded.
+    """
+    c = _ext.cpu_ext() is not None
+    cpu_status = _ext.status("_C")
+    cuda_status = _ext.status("_C_cuda")
+    tri = _triton()
+    triton_state = "available" if tri is not None else f"unavailable ({_triton_err})"
+    if tri is not None and os.environ.get("TRITON_INTERPRET", "") == "1":
+        triton_state += " [TRITON_INTERPRET=1: interpreter]"
+    cuda_ok = torch.cuda.is_available()
+    cpu_kernel = "C++ decaf_kernels._C" if c else f"pure PyTorch fallback (extension: {cpu_status})"
+    return {
+        "extension": {"_C": cpu_status, "_C_cuda": cuda_status},
+        "triton": triton_state,
+        "cuda_device": torch.cuda.get_device_name() if cuda_ok else "none",
+        "cpu": {
+            "consensus_tsvd.gram": cpu_kernel + (" (fp64 accumulation)" if c else " (einsum in float64)"),
+            "consensus_tsvd.small_core": cpu_kernel + (" (pivoted Cholesky + one-sided Jacobi)" if c else " (eigh + svd)"),
+            "consensus_tsvd.reconstruct": cpu_kernel + (" (mix_lowrank)" if c else " (einsum)"),
+            "mix_factors": "torch matmul (one GEMM over agents)",
+            "mix_products": "torch matmul/einsum (dense, for small shapes)",
+            "consensus_distance": "torch, factored Grams in float64",
+            "interference": "torch, factored Grams in float64",
+        },
+        "cuda": {
+            "consensus_tsvd.gram": ("Triton pair_gram (fp64 accumulation)" if tri is not None
+                                     else "pure PyTorch fallback (Triton unavailable)"),
+            "consensus_tsvd.small_core": "fallback: torch.linalg eigh + svd in float64 on the device "
+                                         "(the CUDA small-core kernel is not wired in yet)",
+            "consensus_tsvd.reconstruct": ("Triton mix_lowrank" if tri is not None
+                                            else "pure PyTorch fallback (Triton unavailable)"),
+            "mix_factors": "torch matmul",
+            "mix_products": "torch matmul/einsum",
+            "consensus_distance": "torch, factored Grams in float64",
+            "interference": "torch, factored Grams in float64",
+        },
+    }

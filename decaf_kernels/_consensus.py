@@ -1,0 +1,185 @@
+"""The factored consensus truncated SVD (DESIGN.md, "The key computation").
+
+For agent i with neighbours j_1..j_D (W[i, j] != 0) let Bc = [W_ij B_j]_j (d x m) and Ac = [A_j]_j (m x k),
+m = D r, so that M_i = Bc Ac. The exact method never forms M_i:
+
+1. Gram blocks ``B_j^T B_k`` and ``A_j A_k^T`` for every pair of agents that are neighbours of a common agent
+   (one pass over the factors, float64 accumulation), assembled into Gb = Bc^T Bc and Ga = Ac Ac^T.
+2. The small core (m x m) gives X, Y with Bc X = U_r S_r^alpha and Y Ac = S_r^(1-alpha) V_r^T.
+3. Reconstruction: B_new = sum_s W_ij_s B_j_s X_s and A_new = sum_s Y_s A_j_s, a batched low-rank product
+   mixing that reads only agent i's neighbours.
+
+The randomized method sketches M_i in factored form (Halko, Martinsson & Tropp 2011): Y = Bc (Ac Omega) with
+oversampling and power iterations, orthonormalised through float64 Grams, then the same small core on the
+projected problem.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from ._graph import Neighbours
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pow2_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per (agent, layer) power of two near max |x|, 1 where x is all zero. x: (N, L, P, Q) -> (N, L) float64."""
+    amax = x.detach().abs().amax(dim=(-2, -1)).to(torch.float64)
+    e = torch.where(amax > 0, torch.floor(torch.log2(amax)), torch.zeros_like(amax))
+    return torch.exp2(e)
+
+
+def _assemble(G: torch.Tensor, nb: Neighbours, coef: torch.Tensor) -> torch.Tensor:
+    """Gram of the stacked neighbour factors from the pair blocks.
+
+    G: (L, T, r, r) pair blocks; coef: (L, Nu, D) per-slot scalar (weight x scale; 0 for empty slots).
+    Returns (L, Nu, D r, D r) with block (s, t) = coef_s coef_t G(j_s, j_t).
+    """
+    L, _, r, _ = G.shape
+    Nu, D = nb.idx.shape
+    blocks = G[:, nb.pair_of_slots]  # (L, Nu, D, D, r, r)
+    blocks = torch.where(nb.transposed[None, :, :, :, None, None], blocks.mT, blocks)
+    blocks = blocks * (coef[:, :, :, None] * coef[:, :, None, :])[..., None, None]
+    return blocks.permute(0, 1, 2, 4, 3, 5).reshape(L, Nu, D * r, D * r)
+
+
+def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float):
+    """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k).
+
+    Returns (B_new (Nu, L, d, rank), A_new (Nu, L, rank, k), S (Nu, L, rank)) per distinct row of W, in the
+    compute dtype (float32, or float64 for float64 input).
+    """
+    N, L, d, r = Bf.shape
+    k = Af.shape[-1]
+    Nu, D = nb.idx.shape
+    cd = compute_dtype(Bf.dtype)
+    dev = Bf.device
+    active = (nb.idx >= 0).to(torch.float64)  # (Nu, D)
+    slot = nb.idx.clamp(min=0)
+    w = nb.weights.to(torch.float64)
+
+    if Bf.dtype == torch.float64:
+        # A float64 Gram overflows past |x| ~ 1e150 (and loses tiny values): work on factors scaled by per-agent
+        # powers of two, and put the scales back exactly in the weights. Float32 data squared in float64 cannot
+        # over- or underflow, so lower precisions skip this pass.
+        cb, ca = _pow2_scale(Bf), _pow2_scale(Af)  # (N, L)
+        Bs = Bf / cb[:, :, None, None].to(Bf.dtype)
+        As = Af / ca[:, :, None, None].to(Af.dtype)
+        cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
+        ca_slot = ca[slot].permute(2, 0, 1) * active
+    else:
+        Bs, As = Bf, Af
+        cb_slot = active.expand(L, Nu, D)
+        ca_slot = active.expand(L, Nu, D)
+    wb = w[None] * cb_slot  # (L, Nu, D): weight x scale of each B slot
+    hb = wb.abs().amax(-1, keepdim=True)
+    ha = ca_slot.abs().amax(-1, keepdim=True)
+    hb = torch.where(hb > 0, hb, torch.ones_like(hb))
+    ha = torch.where(ha > 0, ha, torch.ones_like(ha))
+
+    GB = _backend.pair_gram(Bs, nb.pairs)  # (L, T, r, r) float64
+    GA = _backend.pair_gram(As.mT, nb.pairs)
+    Gb = _assemble(GB, nb, wb / hb)
+    Ga = _assemble(GA, nb, ca_slot / ha)
+    X, Y, S = _backend.small_core(Gb, Ga, rank, alpha)  # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
+
+    # Undo the normalisation: Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha, ...
+    gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L, Nu, D)
+    ga = (ca_slot / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
+    S = S * (hb * ha)
+    R = X.shape[-1]
+    T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None]).permute(1, 0, 2, 3, 4).to(cd).contiguous()
+    T_A = (Y.reshape(L, Nu, R, D, r).permute(0, 1, 3, 4, 2) * ga[..., None, None]).permute(1, 0, 2, 3, 4)
+    T_A = T_A.to(cd).contiguous()
+    idx = nb.idx.to(dev)
+    B_new = torch.empty((Nu, L, d, R), dtype=cd, device=dev)
+    A_new = torch.empty((Nu, L, R, k), dtype=cd, device=dev)
+    _backend.mix_lowrank(Bs, idx, T_B.to(dev), B_new)
+    _backend.mix_lowrank(As.mT, idx, T_A.to(dev), A_new.mT)
+    return B_new, A_new, S.permute(1, 0, 2).to(cd).to(dev)
+
+
+def _gram64(Y: torch.Tensor) -> torch.Tensor:
+    Y64 = Y.to(torch.float64)
+    return Y64.mT @ Y64
+
+
+def _orth(Y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of range(Y) for Y: (..., n, l), via its float64 Gram and the small core.
+
+    With Ac = I, the core returns X such that Y X = U (left singular vectors); null directions come back as
+    zero columns, so a rank-deficient sketch only shrinks the subspace instead of amplifying noise.
+    """
+    l = Y.shape[-1]
+    G = _gram64(Y)
+    eye = torch.eye(l, dtype=torch.float64, device=G.device).expand_as(G)
+    X, _, _ = _backend.small_core(G, eye, l, 0.0)
+    return Y @ X.to(Y.dtype)
+
+
+def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
+                         oversample: int, power_iters: int, seed: int):
+    """Randomized factored consensus TSVD; same shapes and dtype as :func:`consensus_exact`."""
+    N, L, d, r = Bf.shape
+    k = Af.shape[-1]
+    Nu, D = nb.idx.shape
+    m = D * r
+    cd = compute_dtype(Bf.dtype)
+    dev = Bf.device
+    ell = max(rank, min(rank + oversample, m, d, k))
+    # One global power of two per layer keeps the sketch Y = M Omega (which squares magnitudes) in range.
+    cb = _pow2_scale(Bf.transpose(0, 1).reshape(L, 1, -1, 1)).reshape(L)
+    ca = _pow2_scale(Af.transpose(0, 1).reshape(L, 1, -1, 1)).reshape(L)
+    Bs = (Bf.to(cd) / cb[None, :, None, None].to(cd))
+    As = (Af.to(cd) / ca[None, :, None, None].to(cd))
+
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed)
+    omega = torch.randn((L, k, ell), generator=gen, dtype=cd, device=dev)
+    idx = nb.idx.to(dev)
+    slot = idx.clamp(min=0)
+    wm = (nb.weights * (nb.idx >= 0)).to(cd).to(dev)  # (Nu, D)
+
+    def apply_M(Z_k: torch.Tensor) -> torch.Tensor:
+        """M_i Z_i for Z_i: (Nu, L, k, ell) -> (Nu, L, d, ell), through the factors."""
+        AZ = torch.einsum("uslrk,ulke->uslre", As[slot], Z_k)  # (Nu, D, L, r, ell)
+        T = (AZ * wm[:, :, None, None, None]).permute(0, 2, 1, 3, 4).contiguous()  # (Nu, L, D, r, ell)
+        out = torch.empty((Nu, L, d, ell), dtype=cd, device=dev)
+        return _backend.mix_lowrank(Bs, idx, T, out)
+
+    def apply_Mt(Q_d: torch.Tensor) -> torch.Tensor:
+        """M_i^T Q_i for Q_i: (Nu, L, d, ell) -> (Nu, L, k, ell)."""
+        H = torch.einsum("usldr,ulde->uslre", Bs[slot], Q_d)  # (Nu, D, L, r, ell)
+        T = (H * wm[:, :, None, None, None]).permute(0, 2, 1, 3, 4).contiguous()
+        out = torch.empty((Nu, L, k, ell), dtype=cd, device=dev)
+        return _backend.mix_lowrank(As.mT, idx, T, out)
+
+    Y = apply_M(omega.unsqueeze(0).expand(Nu, L, k, ell))
+    for _ in range(power_iters):
+        Z = _orth(apply_Mt(_orth(Y)))
+        Y = apply_M(Z)
+    Q = _orth(Y)  # (Nu, L, d, ell)
+    Ht = apply_Mt(Q)  # (Nu, L, k, ell) = (Q^T M)^T
+    # SVD of Q (Q^T M): Bc' = Q (Gram ~ identity on its non-null part), Ac' = Q^T M.
+    Gq = _gram64(Q)
+    Gh = _gram64(Ht)  # (Q^T M)(Q^T M)^T
+    X, Yc, S = _backend.small_core(Gq, Gh, rank, alpha)  # (Nu, L, ell, R), (Nu, L, R, ell)
+    B_new = Q @ X.to(cd)
+    A_new = Yc.to(cd) @ Ht.mT
+    scale = cb.to(torch.float64) * ca.to(torch.float64)  # (L,)
+    B_new = B_new * (cb.pow(alpha) * ca.pow(alpha)).to(cd)[None, :, None, None]
+    A_new = A_new * (cb.pow(1.0 - alpha) * ca.pow(1.0 - alpha)).to(cd)[None, :, None, None]
+    S = S * scale[None, :, None]
+    return B_new, A_new, S.to(cd)
+
+
+def auto_method(N_unique: int, L: int, d: int, k: int, m: int, rank: int, oversample: int, power_iters: int) -> str:
+    """Cost model behind method="auto" (documented in consensus_tsvd's docstring)."""
+    ell = min(rank + oversample, m)
+    exact = (d + k) * m * m + 30 * m ** 3
+    randomized = (d + k) * m * ell * (2 * power_iters + 3) + 30 * ell ** 3
+    return "exact" if exact <= 2 * randomized else "randomized"

@@ -1,0 +1,88 @@
+"""Argument checks shared by the public ops.
+
+Shape, dtype, device and option checks only look at metadata, so they run in the Python wrappers (and
+trace cleanly under torch.compile). Checks that read values (finiteness, row sums of W) run inside the
+registered ops, before any work. Every failure names the argument, what was seen and what was expected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, x, *, min_dim: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}")
+
+
+def check_mixing(W, n_agents: int, ref: torch.Tensor, ref_name: str) -> None:
+    check_tensor("W", W, min_dim=2)
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"W must be a square (N, N) mixing matrix, got shape {tuple(W.shape)}")
+    if W.shape[0] != n_agents:
+        raise ValueError(
+            f"W is {tuple(W.shape)} but {ref_name} has N = {n_agents} agents in dimension 0; expected W of shape "
+            f"({n_agents}, {n_agents})"
+        )
+    if W.device != ref.device:
+        raise ValueError(f"W is on {W.device} but {ref_name} is on {ref.device}; expected the same device")
+
+
+def check_factors(B, A) -> tuple[int, tuple[int, ...], int, int, int]:
+    """B: (N, *batch, d, r), A: (N, *batch, r, k). Returns (N, batch, d, r, k)."""
+    check_tensor("B", B, min_dim=3)
+    check_tensor("A", A, min_dim=3)
+    if B.dtype != A.dtype:
+        raise TypeError(f"B and A must have the same dtype, got B {B.dtype} and A {A.dtype}")
+    if B.device != A.device:
+        raise ValueError(f"B and A must be on the same device, got B on {B.device} and A on {A.device}")
+    if B.dim() != A.dim():
+        raise ValueError(
+            f"B (N, *batch, d, r) and A (N, *batch, r, k) must have the same number of dimensions, got "
+            f"B {tuple(B.shape)} and A {tuple(A.shape)}"
+        )
+    N, d, r = B.shape[0], B.shape[-2], B.shape[-1]
+    if A.shape[0] != N:
+        raise ValueError(f"B has N = {N} agents but A has {A.shape[0]} (dimension 0); they must agree")
+    if tuple(A.shape[1:-2]) != tuple(B.shape[1:-2]):
+        raise ValueError(
+            f"B and A must share the batch dimensions: B {tuple(B.shape)} has batch {tuple(B.shape[1:-2])}, "
+            f"A {tuple(A.shape)} has {tuple(A.shape[1:-2])}"
+        )
+    if A.shape[-2] != r:
+        raise ValueError(
+            f"B is (.., d={d}, r={r}) so A must be (.., r={r}, k); got A with shape {tuple(A.shape)}"
+        )
+    if N == 0 or d == 0 or r == 0 or A.shape[-1] == 0:
+        raise ValueError(f"B {tuple(B.shape)} and A {tuple(A.shape)} must have non-zero N, d, r and k")
+    return N, tuple(B.shape[1:-2]), d, r, A.shape[-1]
+
+
+def row_sum_tolerance(W: torch.Tensor) -> float:
+    """Rows of W must sum to 1 within this (scaled by N and the dtype's precision)."""
+    n = W.shape[0]
+    return max(1e-6, 64.0 * n * torch.finfo(W.dtype).eps)
+
+
+def check_values(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor) -> None:
+    """Value checks, run inside the ops when validate=True, before any work."""
+    for name, x in (("W", W), ("B", B), ("A", A)):
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"{name} must be finite, found {x[where].item()} at index {where}")
+    sums = W.to(torch.float64).sum(dim=1)
+    tol = row_sum_tolerance(W)
+    off = (sums - 1.0).abs()
+    if bool((off > tol).any()):
+        i = int(torch.argmax(off))
+        raise ValueError(
+            f"rows of W must sum to 1 (tolerance {tol:.1e}); row {i} sums to {sums[i].item():.9g}. "
+            "Normalise W (e.g. Metropolis-Hastings weights) or pass validate=False"
+        )

@@ -1,0 +1,487 @@
+"""Public ops, registered with torch.library under the ``decaf_kernels::`` namespace.
+
+Every op has a fake (meta) implementation, so it works under ``torch.compile(fullgraph=True)``; metadata
+checks run in the Python wrappers, value checks inside the ops. See each function's docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from ._consensus import auto_method, compute_dtype, consensus_exact, consensus_randomized
+from ._graph import neighbours
+
+__all__ = ["consensus_tsvd", "mix_factors", "mix_products", "consensus_distance", "interference"]
+
+SPLITS = {"balanced": 0.5, "left": 1.0, "right": 0.0}
+METHODS = ("auto", "exact", "randomized")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# consensus_tsvd
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _flatten(B: Tensor, A: Tensor):
+    N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
+    return B.reshape(N, -1, d, r), A.reshape(N, -1, r, k)
+
+
+@torch.library.custom_op("decaf_kernels::consensus_tsvd", mutates_args=())
+def _consensus_tsvd_op(
+    B: Tensor, A: Tensor, W: Tensor, rank: int, method: str, oversample: int, power_iters: int, seed: int,
+    split: str, validate: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if validate:
+        V.check_values(B, A, W)
+    N, batch, d, r, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], B.shape[-1], A.shape[-1]
+    cd = compute_dtype(B.dtype)
+    alpha = SPLITS[split]
+    Bf, Af = _flatten(B, A)
+    L = Bf.shape[1]
+    if L == 0:
+        return (B.new_empty((N, *batch, d, rank)), A.new_empty((N, *batch, rank, k)),
+                B.new_empty((N, *batch, rank), dtype=cd))
+    if B.dtype in (torch.float16, torch.bfloat16) and B.device.type == "cpu":
+        Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
+    nb = neighbours(W)
+    if method == "auto":
+        method = auto_method(nb.idx.shape[0], L, d, k, nb.degree * r, rank, oversample, power_iters)
+    if method == "exact":
+        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha)
+    else:
+        if seed < 0:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        Bu, Au, Su = consensus_randomized(Bf, Af, nb, rank, alpha, oversample, power_iters, seed)
+    if Bu.shape[0] != N or not torch.equal(nb.inverse, torch.arange(N)):
+        inv = nb.inverse.to(Bu.device)
+        Bu, Au, Su = Bu[inv], Au[inv], Su[inv]
+    return (Bu.reshape(N, *batch, d, rank).to(B.dtype), Au.reshape(N, *batch, rank, k).to(A.dtype),
+            Su.reshape(N, *batch, rank).to(cd))
+
+
+@_consensus_tsvd_op.register_fake
+def _(B, A, W, rank, method, oversample, power_iters, seed, split, validate):
+    N, batch, d, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], A.shape[-1]
+    return (B.new_empty((N, *batch, d, rank)), A.new_empty((N, *batch, rank, k)),
+            B.new_empty((N, *batch, rank), dtype=compute_dtype(B.dtype)))
+
+
+@torch.library.custom_op("decaf_kernels::consensus_tsvd_backward", mutates_args=())
+def _consensus_tsvd_backward_op(
+    grad_B: Tensor, grad_A: Tensor, grad_S: Tensor, B: Tensor, A: Tensor, W: Tensor, B_new: Tensor,
+    A_new: Tensor, split: str, need_W: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dB, dA, dW = _consensus_backward(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, SPLITS[split], need_W)
+    return dB.to(B.dtype), dA.to(A.dtype), dW.to(W.dtype)
+
+
+@_consensus_tsvd_backward_op.register_fake
+def _(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, split, need_W):
+    return B.new_empty(B.shape), A.new_empty(A.shape), W.new_empty(W.shape)
+
+
+def _consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: bool):
+    """Vector-Jacobian product of the truncated SVD factors, in float64, without forming d x k matrices.
+
+    Recomputes the SVD of every M_i inside the span of its neighbours' factors (Householder QR of the stacked
+    factors + SVD of the small core), aligns the signs with the forward outputs, and applies the SVD
+    derivative (Townsend 2016) restricted to that span, so the gradient of the product
+    B_new @ A_new is exact where sigma_rank > sigma_(rank+1). The result G_M = Lf @ Rf stays factored.
+    """
+    f64 = torch.float64
+    N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
+    R = B_new.shape[-1]
+    Bf, Af = (t.to(f64) for t in _flatten(B, A))
+    L = Bf.shape[1]
+    gBf = gB.reshape(N, L, d, R).to(f64)
+    gAf = gA.reshape(N, L, R, k).to(f64)
+    gSf = gS.reshape(N, L, R).to(f64)
+    Bn = B_new.reshape(N, L, d, R).to(f64)
+    An = A_new.reshape(N, L, R, k).to(f64)
+    Wd = W.to(f64)
+
+    nb = neighbours(W, dedupe=False)
+    idx = nb.idx.to(B.device)
+    slot = idx.clamp(min=0)
+    w = (nb.weights * (nb.idx >= 0)).to(f64).to(B.device)  # (N, D)
+    D = idx.shape[1]
+    Bc = (Bf[slot] * w[:, :, None, None, None]).permute(0, 2, 3, 1, 4).reshape(N, L, d, D * r)
+    Ac = (Af[slot] * (idx >= 0).to(f64)[:, :, None, None, None]).permute(0, 2, 1, 3, 4).reshape(N, L, D * r, k)
+    Qb, Rb = torch.linalg.qr(Bc)
+    Qa, Ra = torch.linalg.qr(Ac.mT)
+    Uc, s, Vch = torch.linalg.svd(Rb @ Ra.mT, full_matrices=False)
+    U, Vm = Qb @ Uc, Qa @ Vch.mT  # (N, L, d, t), (N, L, k, t)
+    t = s.shape[-1]
+    R1 = min(R, t)
+    s1 = s[..., :R1]
+    tiny = torch.finfo(f64).eps * max(d, k, D * r) * s[..., :1]
+    live = s1 > tiny  # directions the forward returned as zero carry no gradient
+    sgn = torch.sign((U[..., :R1] * Bn[..., :R1]).sum(-2) + (Vm[..., :R1] * An[..., :R1, :].mT).sum(-2))
+    sgn = torch.where(sgn == 0, torch.ones_like(sgn), sgn)
+    U = torch.cat([U[..., :R1] * sgn[..., None, :], U[..., R1:]], -1)
+    Vm = torch.cat([Vm[..., :R1] * sgn[..., None, :], Vm[..., R1:]], -1)
+    U1, V1 = U[..., :R1], Vm[..., :R1]
+
+    s_safe = torch.where(live, s1, torch.ones_like(s1))
+    gU1 = gBf[..., :R1] * s_safe.pow(alpha)[..., None, :]
+    gV1 = gAf[..., :R1, :].mT * s_safe.pow(1.0 - alpha)[..., None, :]
+    gs1 = gSf[..., :R1] + (gBf[..., :R1] * U1).sum(-2) * (alpha * s_safe.pow(alpha - 1.0))
+    gs1 = gs1 + (gAf[..., :R1, :].mT * V1).sum(-2) * ((1.0 - alpha) * s_safe.pow(-alpha))
+    keep = live.to(f64)
+    gU1, gV1, gs1 = gU1 * keep[..., None, :], gV1 * keep[..., None, :], gs1 * keep
+
+    pad = lambda x, n: torch.cat([x, x.new_zeros(*x.shape[:-1], n)], -1)  # noqa: E731
+    gU, gV, gs = pad(gU1, t - R1), pad(gV1, t - R1), pad(gs1, t - R1)
+    J = U.mT @ gU
+    K = Vm.mT @ gV
+    s2 = s * s
+    F = s2[..., None, :] - s2[..., :, None]  # F_ij = s_j^2 - s_i^2
+    inside = torch.arange(t, device=s.device) < R1
+    coupled = inside[:, None] | inside[None, :]  # pairs with no output below the cut carry no gradient
+    ok = coupled & (F != 0)
+    F = torch.where(ok, 1.0 / torch.where(ok, F, torch.ones_like(F)), torch.zeros_like(F))
+    Z = (F * (J - J.mT)) * s[..., None, :] + s[..., :, None] * (F * (K - K.mT)) + torch.diag_embed(gs)
+    inv1 = torch.where(live, 1.0 / s_safe, torch.zeros_like(s_safe))
+    P2 = (gU1 - U @ J[..., :, :R1]) * inv1[..., None, :]
+    Q3 = (gV1 - Vm @ K[..., :, :R1]) * inv1[..., None, :]
+    Lf = torch.cat([U @ Z, P2, U1], -1)  # G_M = Lf @ Rf^T
+    Rf = torch.cat([Vm, V1, Q3], -1)  # (N, L, k, p)
+
+    LB = torch.einsum("ildp,jldr->ijlpr", Lf, Bf)  # Lf_i^T B_j
+    RA = torch.einsum("ilkp,jlrk->ijlpr", Rf, Af)  # Rf_i^T A_j^T
+    dB = torch.einsum("ij,ildp,ijlpr->jldr", Wd, Lf, RA)
+    dA = torch.einsum("ij,ijlpr,ilkp->jlrk", Wd, LB, Rf)
+    dW = (LB * RA).sum((-1, -2, -3)) if need_W else torch.zeros_like(Wd)
+    return dB.reshape(B.shape), dA.reshape(A.shape), dW
+
+
+def _consensus_setup_context(ctx, inputs, output):
+    B, A, W, rank, method, oversample, power_iters, seed, split, validate = inputs
+    B_new, A_new, _ = output
+    ctx.save_for_backward(B, A, W, B_new, A_new)
+    ctx.split = split
+
+
+def _consensus_backward_fn(ctx, grad_B, grad_A, grad_S):
+    B, A, W, B_new, A_new = ctx.saved_tensors
+    grad_B = torch.zeros_like(B_new) if grad_B is None else grad_B
+    grad_A = torch.zeros_like(A_new) if grad_A is None else grad_A
+    if grad_S is None:
+        grad_S = B_new.new_zeros(B_new.shape[:-2] + B_new.shape[-1:], dtype=compute_dtype(B.dtype))
+    dB, dA, dW = _consensus_tsvd_backward_op(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, ctx.split,
+                                             ctx.needs_input_grad[2])
+    needs = ctx.needs_input_grad
+    return (dB if needs[0] else None, dA if needs[1] else None, dW if needs[2] else None,
+            None, None, None, None, None, None, None)
+
+
+_consensus_tsvd_op.register_autograd(_consensus_backward_fn, setup_context=_consensus_setup_context)
+
+
+def consensus_tsvd(
+    B: Tensor,
+    A: Tensor,
+    W: Tensor,
+    rank: Optional[int] = None,
+    *,
+    method: str = "auto",
+    oversample: int = 8,
+    power_iters: int = 2,
+    generator: Optional[torch.Generator] = None,
+    split: str = "balanced",
+    return_singular_values: bool = False,
+    validate: bool = True,
+):
+    r"""DeCAF consensus step: best rank-``rank`` factors of every agent's mixed LoRA product.
+
+    .. math:: B'_i A'_i = \operatorname{TSVD}_{rank}\big(M_i\big),\qquad M_i = \sum_j W_{ij} B_j A_j
+
+    The d x k matrices M_i are never formed. "exact" computes float64 Gram blocks of the neighbours' factors
+    (one pass over B and A; fp32 data squared in fp64 is exact), solves the (deg r) x (deg r) core with a
+    rank-revealing pivoted Cholesky and a one-sided Jacobi SVD, and rebuilds the factors with one pass that
+    reads only agent i's neighbours (zeros of W are skipped; agents with identical rows of W are solved once).
+    It is exact up to rounding for any input, including zero, duplicate, ill-conditioned and extreme-magnitude
+    factors. "randomized" sketches M_i in factored form (Halko et al. 2011) with ``rank + oversample`` columns
+    and ``power_iters`` power iterations.
+
+    Args:
+        B: (N, *batch, d, r) LoRA "B" factors of the N agents (any number of batch/layer dimensions).
+        A: (N, *batch, r, k) LoRA "A" factors, same dtype and device as B.
+        W: (N, N) mixing matrix, row i = the weights agent i gives its neighbours; rows must sum to 1
+            (W need not be symmetric). Any floating dtype; used in float64.
+        rank: rank of the result, 1 <= rank <= min(d, k); defaults to r. Directions beyond the numerical rank
+            of M_i come back as zero columns of B' / rows of A'.
+        method: "exact", "randomized", or "auto": exact unless its cost model
+            ``(d + k) m^2 + 30 m^3`` (m = deg * r) exceeds twice the randomized one
+            ``(d + k) m (rank + oversample) (2 power_iters + 3)``, i.e. randomized only for very dense graphs.
+        oversample: extra sketch columns for "randomized".
+        power_iters: power iterations for "randomized".
+        generator: seeds the randomized sketch; None draws the seed from torch's global RNG.
+        split: "balanced" (B' = U S^1/2, A' = S^1/2 V^T), "left" (B' = U S, A' = V^T) or "right" (B' = U, A' = S V^T).
+            Zero singular values give zero columns/rows in every split (their singular vectors are undefined).
+        return_singular_values: also return S (N, *batch, rank), descending, in float32 (float64 for float64 input).
+        validate: check values (finite inputs, rows of W summing to 1) before computing. Shapes, dtypes, devices
+            and options are always checked.
+
+    Returns:
+        ``(B_new, A_new)`` of shapes (N, *batch, d, rank) and (N, *batch, rank, k) in the input dtype
+        (bf16/fp16 are computed in fp32), plus ``S`` when ``return_singular_values``.
+
+    Autograd: differentiable in B, A and W through B_new @ A_new (and S) where sigma_rank > sigma_(rank+1);
+    the backward runs in float64 without forming d x k matrices.
+
+    Example:
+        >>> import torch, decaf_kernels
+        >>> N, d, k, r = 4, 64, 48, 8
+        >>> B, A = torch.randn(N, 12, d, r), torch.randn(N, 12, r, k)     # 12 layers
+        >>> W = torch.tensor([[.5, .25, 0, .25], [.25, .5, .25, 0], [0, .25, .5, .25], [.25, 0, .25, .5]])
+        >>> B2, A2 = decaf_kernels.consensus_tsvd(B, A, W)
+        >>> B2.shape, A2.shape
+        (torch.Size([4, 12, 64, 8]), torch.Size([4, 12, 8, 48]))
+    """
+    N, batch, d, r, k = V.check_factors(B, A)
+    V.check_mixing(W, N, B, "B")
+    if rank is None:
+        rank = r
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"rank must be an int or None, got {type(rank).__name__}")
+    if not 1 <= rank <= min(d, k):
+        raise ValueError(f"rank must satisfy 1 <= rank <= min(d, k) = {min(d, k)}, got rank={rank}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
+    for name, val in (("oversample", oversample), ("power_iters", power_iters)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {val!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    seed = -1 if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    B_new, A_new, S = _consensus_tsvd_op(B, A, W, rank, method, oversample, power_iters, seed, split, bool(validate))
+    return (B_new, A_new, S) if return_singular_values else (B_new, A_new)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mix_factors / mix_products
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _mix_dense(X: Tensor, W: Tensor) -> Tensor:
+    cd = compute_dtype(X.dtype)
+    N = X.shape[0]
+    return (W.to(cd) @ X.reshape(N, -1).to(cd)).reshape(X.shape).to(X.dtype)
+
+
+@torch.library.custom_op("decaf_kernels::mix_factors", mutates_args=())
+def _mix_factors_op(X: Tensor, W: Tensor, validate: bool) -> Tensor:
+    if validate:
+        V.check_values(X, X, W)
+    return _mix_dense(X, W)
+
+
+@_mix_factors_op.register_fake
+def _(X, W, validate):
+    return X.new_empty(X.shape)
+
+
+def _mix_factors_setup(ctx, inputs, output):
+    X, W, _ = inputs
+    ctx.save_for_backward(X, W)
+
+
+def _mix_factors_bwd(ctx, grad):
+    X, W = ctx.saved_tensors
+    N = X.shape[0]
+    dX = _mix_factors_op(grad, W.mT.contiguous(), False) if ctx.needs_input_grad[0] else None
+    dW = None
+    if ctx.needs_input_grad[1]:
+        cd = torch.promote_types(compute_dtype(X.dtype), W.dtype)
+        dW = (grad.reshape(N, -1).to(cd) @ X.reshape(N, -1).to(cd).mT).to(W.dtype)
+    return dX, dW, None
+
+
+_mix_factors_op.register_autograd(_mix_factors_bwd, setup_context=_mix_factors_setup)
+
+
+def mix_factors(X: Tensor, W: Tensor, *, validate: bool = True) -> Tensor:
+    r"""DLoRA gossip of one factor: :math:`X'_i = \sum_j W_{ij} X_j`.
+
+    Args:
+        X: (N, *batch, m, n) a stack of per-agent factors (B or A), any floating dtype (half types are
+            mixed in fp32 and returned in their own dtype).
+        W: (N, N) mixing matrix whose rows sum to 1 (checked when ``validate``).
+
+    Returns:
+        (N, *batch, m, n) tensor of X's dtype. Differentiable in X and W.
+
+    Example:
+        >>> X = torch.randn(4, 3, 16, 8); W = torch.full((4, 4), 0.25)
+        >>> torch.allclose(decaf_kernels.mix_factors(X, W)[0], X.mean(0), atol=1e-6)
+        True
+    """
+    V.check_tensor("X", X, min_dim=1)
+    V.check_mixing(W, X.shape[0], X, "X")
+    return _mix_factors_op(X, W, bool(validate))
+
+
+@torch.library.custom_op("decaf_kernels::mix_products", mutates_args=())
+def _mix_products_op(B: Tensor, A: Tensor, W: Tensor, validate: bool) -> Tensor:
+    if validate:
+        V.check_values(B, A, W)
+    cd = compute_dtype(B.dtype)
+    return _mix_dense(B.to(cd) @ A.to(cd), W).to(B.dtype)
+
+
+@_mix_products_op.register_fake
+def _(B, A, W, validate):
+    return B.new_empty((*B.shape[:-1], A.shape[-1]))
+
+
+def _mix_products_setup(ctx, inputs, output):
+    B, A, W, _ = inputs
+    ctx.save_for_backward(B, A, W)
+
+
+def _mix_products_bwd(ctx, grad):
+    B, A, W = ctx.saved_tensors
+    cd = compute_dtype(B.dtype)
+    G = grad.to(cd)
+    GW = _mix_dense(G, W.mT.contiguous())  # sum_i W_ij G_i
+    dB = (GW @ A.to(cd).mT).to(B.dtype) if ctx.needs_input_grad[0] else None
+    dA = (B.to(cd).mT @ GW).to(A.dtype) if ctx.needs_input_grad[1] else None
+    dW = None
+    if ctx.needs_input_grad[2]:
+        N = B.shape[0]
+        P = (B.to(cd) @ A.to(cd)).reshape(N, -1)
+        dW = (G.reshape(N, -1) @ P.mT).to(W.dtype)
+    return dB, dA, dW, None
+
+
+_mix_products_op.register_autograd(_mix_products_bwd, setup_context=_mix_products_setup)
+
+
+def mix_products(B: Tensor, A: Tensor, W: Tensor, *, validate: bool = True) -> Tensor:
+    r"""The dense mixed products :math:`M_i = \sum_j W_{ij} B_j A_j` (what DeCAF truncates).
+
+    Forms d x k matrices: meant for small shapes, checks and diagnostics, not for the training hot path.
+
+    Args:
+        B: (N, *batch, d, r), A: (N, *batch, r, k), W: (N, N) with rows summing to 1.
+
+    Returns:
+        M: (N, *batch, d, k) in B's dtype (computed in fp32 for half types). Differentiable in B, A and W.
+
+    Example:
+        >>> M = decaf_kernels.mix_products(torch.randn(3, 8, 2), torch.randn(3, 2, 5), torch.eye(3))
+        >>> M.shape
+        torch.Size([3, 8, 5])
+    """
+    V.check_factors(B, A)
+    V.check_mixing(W, B.shape[0], B, "B")
+    return _mix_products_op(B, A, W, bool(validate))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# diagnostics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _grams(B64: Tensor, A64: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
+    """<B_i A_i, B2_j A2_j>_F for all i, j, per layer: (L, N, N2), through r x r Grams (no d x k matrices)."""
+    GB = torch.einsum("ildr,jlds->lijrs", B64, B2)
+    GA = torch.einsum("ilrk,jlsk->lijrs", A64, A2)
+    return (GB * GA).sum((-1, -2))
+
+
+@torch.library.custom_op("decaf_kernels::consensus_distance", mutates_args=())
+def _consensus_distance_op(B: Tensor, A: Tensor) -> Tensor:
+    N = B.shape[0]
+    Bf, Af = (t.to(torch.float64) for t in _flatten(B, A))
+    K = _grams(Bf, Af, Bf, Af)  # (L, N, N)
+    sq = K.diagonal(dim1=-2, dim2=-1).sum(-1) - K.sum((-1, -2)) / N
+    out = (sq.clamp(min=0) / N).sqrt()
+    return out.reshape(B.shape[1:-2]).to(compute_dtype(B.dtype))
+
+
+@_consensus_distance_op.register_fake
+def _(B, A):
+    return B.new_empty(B.shape[1:-2], dtype=compute_dtype(B.dtype))
+
+
+def consensus_distance(B: Tensor, A: Tensor) -> Tensor:
+    r"""How far the agents are from agreeing, measured on the LoRA products (the quantity that matters).
+
+    .. math:: \Big(\tfrac1N \sum_i \lVert B_i A_i - \bar P\rVert_F^2\Big)^{1/2},\qquad \bar P = \tfrac1N\sum_j B_j A_j
+
+    Computed from r x r Gram matrices in float64 (no d x k matrix), so it resolves distances down to about
+    1e-8 of the products' norm. Not differentiable (a diagnostic).
+
+    Args:
+        B: (N, *batch, d, r), A: (N, *batch, r, k).
+
+    Returns:
+        (*batch,) tensor, float32 (float64 for float64 input): one RMS distance per layer.
+
+    Example:
+        >>> B, A = torch.randn(4, 2, 32, 4), torch.randn(4, 2, 4, 16)
+        >>> decaf_kernels.consensus_distance(B, A).shape
+        torch.Size([2])
+    """
+    V.check_factors(B, A)
+    return _consensus_distance_op(B, A)
+
+
+@torch.library.custom_op("decaf_kernels::interference", mutates_args=())
+def _interference_op(B: Tensor, A: Tensor, W: Tensor, relative: bool) -> Tensor:
+    N = B.shape[0]
+    Bf, Af = (t.to(torch.float64) for t in _flatten(B, A))
+    W64 = W.to(torch.float64)
+    Bbar = torch.einsum("ij,jldr->ildr", W64, Bf)
+    Abar = torch.einsum("ij,jlrk->ilrk", W64, Af)
+    K = _grams(Bf, Af, Bf, Af)  # <P_j, P_k>
+    norm_M = torch.einsum("ij,ljk,ik->li", W64, K, W64)  # ||M_i||^2
+    cross = torch.einsum("ij,lji->li", W64, _grams(Bf, Af, Bbar, Abar))  # <M_i, Bbar_i Abar_i>
+    GBb = torch.einsum("ildr,ilds->ilrs", Bbar, Bbar)
+    GAb = torch.einsum("ilrk,ilsk->ilrs", Abar, Abar)
+    norm_mix = (GBb * GAb).sum((-1, -2)).mT  # (L, N) ||Bbar_i Abar_i||^2
+    sq = (norm_M - 2 * cross + norm_mix).clamp(min=0)
+    out = sq.sqrt()
+    if relative:
+        nm = norm_M.clamp(min=0).sqrt()
+        out = torch.where(nm > 0, out / torch.where(nm > 0, nm, torch.ones_like(nm)), torch.zeros_like(out))
+    return out.mT.reshape(N, *B.shape[1:-2]).to(compute_dtype(B.dtype))
+
+
+@_interference_op.register_fake
+def _(B, A, W, relative):
+    return B.new_empty((B.shape[0], *B.shape[1:-2]), dtype=compute_dtype(B.dtype))
+
+
+def interference(B: Tensor, A: Tensor, W: Tensor, *, relative: bool = False) -> Tensor:
+    r"""DLoRA's consensus interference: how far the product of mixed factors is from the mix of products.
+
+    .. math:: I_i = \Big\lVert \sum_j W_{ij} B_j A_j - \Big(\sum_j W_{ij} B_j\Big)\Big(\sum_j W_{ij} A_j\Big)\Big\rVert_F
+
+    Zero when all neighbours agree; DeCAF removes it by construction. Computed from r x r Grams in float64
+    (no d x k matrix). Not differentiable (a diagnostic).
+
+    Args:
+        B: (N, *batch, d, r), A: (N, *batch, r, k), W: (N, N).
+        relative: divide by :math:`\lVert M_i\rVert_F` (0 where M_i = 0).
+
+    Returns:
+        (N, *batch) tensor, float32 (float64 for float64 input).
+
+    Example:
+        >>> B, A = torch.randn(3, 32, 4), torch.randn(3, 4, 16)
+        >>> decaf_kernels.interference(B, A, torch.full((3, 3), 1 / 3)).shape
+        torch.Size([3])
+    """
+    V.check_factors(B, A)
+    V.check_mixing(W, B.shape[0], B, "B")
+    return _interference_op(B, A, W, bool(relative))
