@@ -60,8 +60,9 @@ def _consensus_tsvd_op(
     if Bu.shape[0] != N or not torch.equal(nb.inverse, torch.arange(N)):
         inv = nb.inverse.to(Bu.device)
         Bu, Au, Su = Bu[inv], Au[inv], Su[inv]
-    return (Bu.reshape(N, *batch, d, rank).to(B.dtype), Au.reshape(N, *batch, rank, k).to(A.dtype),
-            Su.reshape(N, *batch, rank).to(cd))
+    return (Bu.reshape(N, *batch, d, rank).to(B.dtype).contiguous(),
+            Au.reshape(N, *batch, rank, k).to(A.dtype).contiguous(),
+            Su.reshape(N, *batch, rank).to(cd).contiguous())
 
 
 @_consensus_tsvd_op.register_fake
@@ -77,7 +78,7 @@ def _consensus_tsvd_backward_op(
     A_new: Tensor, split: str, need_W: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     dB, dA, dW = _consensus_backward(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, SPLITS[split], need_W)
-    return dB.to(B.dtype), dA.to(A.dtype), dW.to(W.dtype)
+    return dB.to(B.dtype).contiguous(), dA.to(A.dtype).contiguous(), dW.to(W.dtype).contiguous()
 
 
 @_consensus_tsvd_backward_op.register_fake
