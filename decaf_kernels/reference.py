@@ -103,4 +103,9 @@ def small_core_torch(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float
     ys = torch.where(null, torch.zeros_like(s), s_safe.pow(-alpha) * rb.pow((1.0 - alpha) / 2) * ra.pow(-alpha / 2))
     X = (Ra.mT @ Vc) * xs.unsqueeze(-2)
     Y = ys.unsqueeze(-1) * (Uc.mT @ Rb)
+    if rank > s.shape[-1]:  # more directions asked for than the core has: the rest are null
+        extra = rank - s.shape[-1]
+        X = torch.cat([X, X.new_zeros(*X.shape[:-1], extra)], -1)
+        Y = torch.cat([Y, Y.new_zeros(*Y.shape[:-2], extra, m)], -2)
+        S = torch.cat([S, S.new_zeros(*S.shape[:-1], extra)], -1)
     return X, Y, S
