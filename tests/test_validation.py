@@ -1,0 +1,91 @@
+"""Bad input: each failure is a ValueError/TypeError naming the argument, what was seen and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ring
+
+import decaf_kernels as dk
+
+N, d, r, k = 4, 12, 3, 10
+
+
+def good():
+    return torch.randn(N, 2, d, r), torch.randn(N, 2, r, k), ring(N, torch.float32)
+
+
+def with_nan(x):
+    x = x.clone()
+    x.view(-1)[5] = float("nan")
+    return x
+
+
+BAD = [
+    # id, builder -> (B, A, W, kwargs), exception, words the message must contain
+    ("B-not-tensor", lambda B, A, W: ([1.0], A, W, {}), TypeError, ["B", "torch.Tensor"]),
+    ("B-int-dtype", lambda B, A, W: (B.long(), A, W, {}), TypeError, ["B", "int64"]),
+    ("dtype-mismatch", lambda B, A, W: (B.double(), A, W, {}), TypeError, ["B", "A", "float64", "float32"]),
+    ("B-2d", lambda B, A, W: (B[0, 0], A, W, {}), ValueError, ["B", "at least 3"]),
+    ("N-mismatch", lambda B, A, W: (B, A[:3], W, {}), ValueError, ["N = 4", "3"]),
+    ("r-mismatch", lambda B, A, W: (B, torch.randn(N, 2, r + 1, k), W, {}), ValueError, ["r=3", "A"]),
+    ("batch-mismatch", lambda B, A, W: (B, torch.randn(N, 3, r, k), W, {}), ValueError, ["batch", "(2,)", "(3,)"]),
+    ("W-not-square", lambda B, A, W: (B, A, W[:, :3], {}), ValueError, ["W", "square", "(4, 3)"]),
+    ("W-wrong-N", lambda B, A, W: (B, A, ring(5), {}), ValueError, ["W", "(5, 5)", "(4, 4)"]),
+    ("W-rows", lambda B, A, W: (B, A, W * 1.1, {}), ValueError, ["rows of W", "sum to 1", "row 0"]),
+    ("W-nan", lambda B, A, W: (B, A, with_nan(W), {}), ValueError, ["W", "finite", "nan"]),
+    ("B-nan", lambda B, A, W: (with_nan(B), A, W, {}), ValueError, ["B", "finite"]),
+    ("A-inf", lambda B, A, W: (B, A.clone().fill_(float("inf")), W, {}), ValueError, ["A", "finite", "inf"]),
+    ("rank-0", lambda B, A, W: (B, A, W, {"rank": 0}), ValueError, ["rank", "1 <= rank", "10", "rank=0"]),
+    ("rank-big", lambda B, A, W: (B, A, W, {"rank": 11}), ValueError, ["rank", "min(d, k) = 10", "rank=11"]),
+    ("rank-float", lambda B, A, W: (B, A, W, {"rank": 2.0}), TypeError, ["rank", "float"]),
+    ("method", lambda B, A, W: (B, A, W, {"method": "svd"}), ValueError, ["method", "'svd'", "exact"]),
+    ("split", lambda B, A, W: (B, A, W, {"split": "middle"}), ValueError, ["split", "'middle'", "balanced"]),
+    ("oversample", lambda B, A, W: (B, A, W, {"oversample": -1}), ValueError, ["oversample", "-1"]),
+    ("power-iters", lambda B, A, W: (B, A, W, {"power_iters": 1.5}), ValueError, ["power_iters", "1.5"]),
+    ("generator", lambda B, A, W: (B, A, W, {"generator": 3}), TypeError, ["generator", "int"]),
+]
+
+
+@pytest.mark.parametrize("build,exc,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_consensus_tsvd_rejects(build, exc, words):
+    B, A, W = good()
+    B, A, W, kwargs = build(B, A, W)
+    with pytest.raises(exc) as info:
+        dk.consensus_tsvd(B, A, W, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_validate_false_skips_value_checks():
+    B, A, W = good()
+    B2, A2 = dk.consensus_tsvd(B, A, W * 1.1, validate=False)  # a user's own (unnormalised) weights
+    assert torch.isfinite(B2).all()
+
+
+def test_row_sum_tolerance_accepts_rounding():
+    B, A, _ = good()
+    W = torch.full((N, N), 1.0 / 3.0, dtype=torch.float16)[:, :N] * 0.75  # 0.25 with fp16 rounding
+    dk.consensus_tsvd(B, A, W)
+
+
+def test_other_ops_validate():
+    B, A, W = good()
+    with pytest.raises(ValueError, match="W"):
+        dk.mix_factors(B, ring(5))
+    with pytest.raises(ValueError, match="rows of W"):
+        dk.mix_factors(B, W * 2)
+    with pytest.raises(ValueError, match="r=3"):
+        dk.mix_products(B, torch.randn(N, 2, 2, k), W)
+    with pytest.raises(TypeError, match="B and A must have the same dtype"):
+        dk.consensus_distance(B, A.double())
+    with pytest.raises(ValueError, match="W"):
+        dk.interference(B, A, W[:2])
+
+
+def test_error_leaves_inputs_untouched():
+    B, A, W = good()
+    Bc, Ac = B.clone(), A.clone()
+    with pytest.raises(ValueError):
+        dk.consensus_tsvd(B, A, W * 1.1)
+    assert torch.equal(B, Bc) and torch.equal(A, Ac)
