@@ -42,11 +42,29 @@ def _triton():
     return _triton_mod
 
 
+_triton_for_cpu = False
+
+
+class triton_on_cpu:
+    """Test hook: route CPU tensors through the Triton kernels (with TRITON_INTERPRET=1), so the whole op is
+    checked on the kernels CUDA tensors use. Private; not a user setting."""
+
+    def __enter__(self):
+        global _triton_for_cpu
+        if _triton() is None:
+            raise RuntimeError(f"Triton is unavailable: {_triton_err}")
+        self._old, _triton_for_cpu = _triton_for_cpu, True
+        return self
+
+    def __exit__(self, *exc):
+        global _triton_for_cpu
+        _triton_for_cpu = self._old
+
+
 def _use_triton(x: torch.Tensor) -> bool:
     if x.device.type == "cuda":
         return _triton() is not None
-    # CPU tensors only go through Triton under the interpreter when explicitly asked for (tests do).
-    return False
+    return _triton_for_cpu
 
 
 def _cpu_kernel_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +74,8 @@ def _cpu_kernel_dtype(x: torch.Tensor) -> torch.Tensor:
 def pair_gram(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """(L, T, Q, Q) float64 Gram blocks x[j]^T x[k] for the pairs; see ``reference.pair_gram_torch``."""
     N, L, P, Q = x.shape
+    if _use_triton(x):
+        return _triton().pair_gram(x, pairs, acc_dtype=torch.float64)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
         if ext is not None:
@@ -65,9 +85,6 @@ def pair_gram(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
             ext.pair_gram(x.data_ptr(), str(x.dtype).replace("torch.", ""), L, P, Q, *x.stride(),
                           pairs.data_ptr(), pairs.shape[0], out.data_ptr())
             return out
-        return pair_gram_torch(x, pairs)
-    if _use_triton(x):
-        return _triton().pair_gram(x, pairs, acc_dtype=torch.float64)
     return pair_gram_torch(x, pairs)
 
 
@@ -76,6 +93,8 @@ def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.
     N, L, P, Q = x.shape
     n_out, D = idx.shape
     R = t.shape[-1]
+    if _use_triton(x):
+        return _triton().mix_lowrank(x, idx, t, out=out)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
         if ext is not None:
@@ -88,10 +107,6 @@ def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.
             if target is not out:
                 out.copy_(target)
             return out
-        out.copy_(mix_lowrank_torch(x, idx, t, out.dtype))
-        return out
-    if _use_triton(x):
-        return _triton().mix_lowrank(x, idx, t, out=out)
     out.copy_(mix_lowrank_torch(x, idx, t, out.dtype))
     return out
 
