@@ -70,13 +70,22 @@ def row_sum_tolerance(W: torch.Tensor) -> float:
     return max(1e-6, 64.0 * n * torch.finfo(W.dtype).eps)
 
 
-def check_values(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor) -> None:
-    """Value checks, run inside the ops when validate=True, before any work."""
-    for name, x in (("W", W), ("B", B), ("A", A)):
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            where = tuple(int(i) for i in torch.nonzero(bad)[0])
-            raise ValueError(f"{name} must be finite, found {x[where].item()} at index {where}")
+def raise_non_finite(name: str, x: torch.Tensor) -> None:
+    """Locate and report the first non-finite element of x (the slow path, only taken on error)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{name} must be finite, found {x[where].item()} at index {where}")
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    # max |x| is NaN or inf exactly when some element is; cheaper than materialising isfinite(x)
+    if not bool(torch.isfinite(x.abs().amax())):
+        raise_non_finite(name, x)
+
+
+def check_mixing_values(W: torch.Tensor) -> None:
+    check_finite("W", W)
     sums = W.to(torch.float64).sum(dim=1)
     tol = row_sum_tolerance(W)
     off = (sums - 1.0).abs()
@@ -86,3 +95,10 @@ def check_values(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor) -> None:
             f"rows of W must sum to 1 (tolerance {tol:.1e}); row {i} sums to {sums[i].item():.9g}. "
             "Normalise W (e.g. Metropolis-Hastings weights) or pass validate=False"
         )
+
+
+def check_values(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor) -> None:
+    """Value checks, run inside the ops when validate=True, before any work."""
+    check_mixing_values(W)
+    check_finite("B", B)
+    check_finite("A", A)

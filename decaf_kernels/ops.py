@@ -37,7 +37,7 @@ def _consensus_tsvd_op(
     split: str, validate: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     if validate:
-        V.check_values(B, A, W)
+        V.check_mixing_values(W)  # B and A: the exact method reads finiteness off its Grams (see below)
     N, batch, d, r, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], B.shape[-1], A.shape[-1]
     cd = compute_dtype(B.dtype)
     alpha = SPLITS[split]
@@ -52,8 +52,11 @@ def _consensus_tsvd_op(
     if method == "auto":
         method = auto_method(nb.idx.shape[0], L, d, k, nb.degree * r, rank, oversample, power_iters)
     if method == "exact":
-        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha)
+        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, check_finite=validate)
     else:
+        if validate:
+            V.check_finite("B", B)
+            V.check_finite("A", A)
         if seed < 0:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         Bu, Au, Su = consensus_randomized(Bf, Af, nb, rank, alpha, oversample, power_iters, seed)

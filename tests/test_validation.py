@@ -89,3 +89,23 @@ def test_error_leaves_inputs_untouched():
     with pytest.raises(ValueError):
         dk.consensus_tsvd(B, A, W * 1.1)
     assert torch.equal(B, Bc) and torch.equal(A, Ac)
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_non_finite_found_in_every_agent(method):
+    """The exact method reads finiteness off its Grams; an agent no one listens to (a zero column of W) is not in
+    any Gram block and must still be checked."""
+    B, A, _ = good()
+    W = torch.eye(N)
+    W[3, 3], W[3, 0] = 0.0, 1.0  # column 3 is all zero
+    for target, name in ((B, "B"), (A, "A")):
+        saved = target[3, 1, 2, 0].item()
+        target[3, 1, 2, 0] = float("nan")
+        with pytest.raises(ValueError, match=rf"{name} must be finite, found nan at index \(3, 1, 2, 0\)"):
+            dk.consensus_tsvd(B, A, W, method=method)
+        target[3, 1, 2, 0] = saved
+    for target, name in ((B, "B"), (A, "A")):  # and an agent that is in the Gram blocks
+        target[1, 0, 0, 0] = float("-inf")
+        with pytest.raises(ValueError, match=rf"{name} must be finite, found -inf at index \(1, 0, 0, 0\)"):
+            dk.consensus_tsvd(B, A, W, method=method)
+        target[1, 0, 0, 0] = 0.0
