@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._validation import check_finite as _check_finite
-from ._validation import raise_non_finite as _raise_non_finite
 from ._graph import Neighbours
 
 
@@ -50,7 +48,7 @@ def _assemble(G: torch.Tensor, nb: Neighbours, coef: torch.Tensor) -> torch.Tens
 
 
 def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, nb: Neighbours, Bf: torch.Tensor,
-                             Af: torch.Tensor) -> None:
+                             Af: torch.Tensor, report) -> None:
     """The Gram diagonals are float64 sums of squares: finite exactly when the factors are (fp32 data squared
     in fp64 cannot overflow; fp64 data is scaled first). So finiteness costs nothing extra here; the
     element-wise scan only runs to name the culprit, or for agents no Gram block covers."""
@@ -58,18 +56,22 @@ def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, nb: Neighbours,
     for name, G, X in (("B", GB, Bf), ("A", GA, Af)):
         diag = G[:, same.to(G.device)].diagonal(dim1=-2, dim2=-1)
         if not bool(torch.isfinite(diag).all()):
-            _raise_non_finite(name, X)
+            report(name)
     covered = torch.zeros(nb.n_agents, dtype=torch.bool)
     covered[nb.pairs[same][:, 0]] = True
     if not bool(covered.all()):
         missing = torch.nonzero(~covered).flatten().to(Bf.device)
-        _check_finite(name="B", x=Bf[missing])
-        _check_finite(name="A", x=Af[missing])
+        for name, X in (("B", Bf), ("A", Af)):
+            if not bool(torch.isfinite(X[missing].abs().amax())):
+                report(name)
 
 
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
-                    check_finite: bool = False):
+                    report_non_finite=None):
     """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k).
+
+    report_non_finite: None (no check) or a callable taking "B" or "A", called when that factor has a non-finite
+    value (it raises, naming the element in the caller's coordinates).
 
     Returns (B_new (Nu, L, d, rank), A_new (Nu, L, rank, k), S (Nu, L, rank)) per distinct row of W, in the
     compute dtype (float32, or float64 for float64 input).
@@ -104,8 +106,8 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
 
     GB = _backend.pair_gram(Bs, nb.pairs)  # (L, T, r, r) float64
     GA = _backend.pair_gram(As.mT, nb.pairs)
-    if check_finite:
-        _check_finite_from_grams(GB, GA, nb, Bf, Af)
+    if report_non_finite is not None:
+        _check_finite_from_grams(GB, GA, nb, Bf, Af, report_non_finite)
     Gb = _assemble(GB, nb, wb / hb)
     Ga = _assemble(GA, nb, ca_slot / ha)
     X, Y, S = _backend.small_core(Gb, Ga, rank, alpha)  # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)

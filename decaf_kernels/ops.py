@@ -52,7 +52,8 @@ def _consensus_tsvd_op(
     if method == "auto":
         method = auto_method(nb.idx.shape[0], L, d, k, nb.degree * r, rank, oversample, power_iters)
     if method == "exact":
-        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, check_finite=validate)
+        report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
+        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report)
     else:
         if validate:
             V.check_finite("B", B)
