@@ -163,8 +163,10 @@ def backend_info() -> dict:
         "cuda": {
             "consensus_tsvd.gram": ("Triton pair_gram (fp64 accumulation)" if tri is not None
                                      else "pure PyTorch fallback (Triton unavailable)"),
-            "consensus_tsvd.small_core": "fallback: torch.linalg eigh + svd in float64 on the device "
-                                         "(the CUDA small-core kernel is not wired in yet)",
+            "consensus_tsvd.small_core": "fallback: torch.linalg eigh + svd in float64 on the device"
+                                         + (" (decaf_kernels._C_cuda.small_core is compiled but not dispatched to "
+                                            "until it has been validated on a GPU)" if _ext.cuda_ext() is not None
+                                            else " (no CUDA small-core kernel in this build)"),
             "consensus_tsvd.reconstruct": ("Triton mix_lowrank" if tri is not None
                                             else "pure PyTorch fallback (Triton unavailable)"),
             "mix_factors": "torch matmul",
