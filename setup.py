@@ -78,9 +78,16 @@ def _find_nvcc() -> str | None:
 
 
 def _cuda_lib_dirs(nvcc: str) -> list[str]:
-    home = Path(nvcc).resolve().parent.parent
-    cands = [home / "lib64", home / "lib", home / "targets" / "x86_64-linux" / "lib", home / "targets" / "sbsa-linux" / "lib"]
-    return [str(p) for p in cands if p.exists()]
+    """Library folders of the toolkit that owns nvcc (nvcc may be a wrapper outside the toolkit tree)."""
+    homes = [os.environ.get(v) for v in ("CUDA_HOME", "CUDA_PATH")]
+    homes += [str(Path(nvcc).resolve().parent.parent), "/usr/local/cuda"]
+    dirs = []
+    for home in filter(None, homes):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+            d = Path(home) / sub
+            if (d / "libcudart_static.a").exists() and str(d) not in dirs:
+                dirs.append(str(d))
+    return dirs
 
 
 def _cuda_archs() -> list[str]:
