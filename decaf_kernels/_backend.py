@@ -121,12 +121,18 @@ def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float):
             gb = Gb.reshape(-1, m, m).to(torch.float64).contiguous()
             ga = Ga.reshape(-1, m, m).to(torch.float64).contiguous()
             nb = gb.shape[0]
-            X = torch.empty((nb, m, rank), dtype=torch.float64)
-            Y = torch.empty((nb, rank, m), dtype=torch.float64)
-            S = torch.empty((nb, rank), dtype=torch.float64)
+            kr = min(rank, m)  # a core of size m has at most m directions; the rest are null (zeros)
+            X = torch.zeros((nb, m, rank), dtype=torch.float64)
+            Y = torch.zeros((nb, rank, m), dtype=torch.float64)
+            S = torch.zeros((nb, rank), dtype=torch.float64)
+            Xk, Yk, Sk = (X, Y, S) if kr == rank else (torch.empty((nb, m, kr), dtype=torch.float64),
+                                                       torch.empty((nb, kr, m), dtype=torch.float64),
+                                                       torch.empty((nb, kr), dtype=torch.float64))
             info = torch.empty((nb,), dtype=torch.int32)
-            ext.small_core(gb.data_ptr(), ga.data_ptr(), nb, m, rank, float(alpha),
-                           X.data_ptr(), Y.data_ptr(), S.data_ptr(), info.data_ptr())
+            ext.small_core(gb.data_ptr(), ga.data_ptr(), nb, m, kr, float(alpha),
+                           Xk.data_ptr(), Yk.data_ptr(), Sk.data_ptr(), info.data_ptr())
+            if kr != rank:
+                X[..., :kr], Y[..., :kr, :], S[..., :kr] = Xk, Yk, Sk
             return (X.reshape(*batch_shape, m, rank), Y.reshape(*batch_shape, rank, m),
                     S.reshape(*batch_shape, rank))
     return small_core_torch(Gb.to(torch.float64), Ga.to(torch.float64), rank, alpha)

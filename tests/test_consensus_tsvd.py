@@ -285,7 +285,9 @@ def test_non_contiguous_inputs(rng):
         M, Mr, _ = oracle(Bx, Ax, W, r)
         assert optimality_error(B2, A2, M, Mr) < 1e-12
         B3, A3 = dk.consensus_tsvd(Bx.contiguous(), Ax.contiguous(), W)
-        torch.testing.assert_close(B2, B3, atol=0, rtol=0)
+        # strided and contiguous layouts take kernel paths that sum in different orders: equal to rounding
+        P2, P3 = B2 @ A2, B3 @ A3
+        torch.testing.assert_close(P2, P3, atol=100 * EPS[torch.float64] * float(P3.abs().max()), rtol=0)
 
 
 def test_inputs_are_not_modified(rng):
