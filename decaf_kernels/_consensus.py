@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._graph import Neighbours
+from ._graph import Neighbours, assembly_index
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,18 +33,16 @@ def _pow2_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(e)
 
 
-def _assemble(G: torch.Tensor, nb: Neighbours, coef: torch.Tensor) -> torch.Tensor:
+def _assemble(G: torch.Tensor, index: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """Gram of the stacked neighbour factors from the pair blocks.
 
-    G: (L, T, r, r) pair blocks; coef: (L, Nu, D) per-slot scalar (weight x scale; 0 for empty slots).
-    Returns (L, Nu, D r, D r) with block (s, t) = coef_s coef_t G(j_s, j_t).
+    G: (L, T, r, r) pair blocks; index: ``_graph.assembly_index``; coef: (L, Nu, D) per-slot scalar (weight x
+    scale; 0 for empty slots). Returns (L, Nu, D r, D r) with block (s, t) = coef_s coef_t G(j_s, j_t).
     """
     L, _, r, _ = G.shape
-    Nu, D = nb.idx.shape
-    blocks = G[:, nb.pair_of_slots]  # (L, Nu, D, D, r, r)
-    blocks = torch.where(nb.transposed[None, :, :, :, None, None], blocks.mT, blocks)
-    blocks = blocks * (coef[:, :, :, None] * coef[:, :, None, :])[..., None, None]
-    return blocks.permute(0, 1, 2, 4, 3, 5).reshape(L, Nu, D * r, D * r)
+    c = coef.repeat_interleave(r, dim=-1)  # (L, Nu, D r)
+    blocks = G.reshape(L, -1)[:, index.to(G.device)]  # one gather: (L, Nu, D r, D r)
+    return blocks * (c[..., :, None] * c[..., None, :])
 
 
 def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, nb: Neighbours, Bf: torch.Tensor,
@@ -108,8 +106,9 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     GA = _backend.pair_gram(As.mT, nb.pairs)
     if report_non_finite is not None:
         _check_finite_from_grams(GB, GA, nb, Bf, Af, report_non_finite)
-    Gb = _assemble(GB, nb, wb / hb)
-    Ga = _assemble(GA, nb, ca_slot / ha)
+    index = assembly_index(nb, r)
+    Gb = _assemble(GB, index, wb / hb)
+    Ga = _assemble(GA, index, ca_slot / ha)
     X, Y, S = _backend.small_core(Gb, Ga, rank, alpha)  # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
     # Undo the normalisation: Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha, ...

@@ -8,11 +8,12 @@ complete graph, for instance) have the same consensus product, so it is computed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Neighbours:
     n_agents: int
     unique_rows: torch.Tensor  # (Nu,) int64: one representative agent per distinct row of W
@@ -34,9 +35,17 @@ class Neighbours:
 
 
 def neighbours(W: torch.Tensor, *, dedupe: bool = True) -> Neighbours:
-    """Neighbour lists of the rows of W (host computation; W is small)."""
-    Wc = W.detach().to("cpu", torch.float64)
-    N = Wc.shape[0]
+    """Neighbour lists of the rows of W (host computation; W is small).
+
+    Cached by W's contents: a training loop passes the same mixing matrix every round.
+    """
+    Wc = W.detach().to("cpu", torch.float64).contiguous()
+    return _neighbours_cached(Wc.numpy().tobytes(), Wc.shape[0], dedupe)
+
+
+@lru_cache(maxsize=32)
+def _neighbours_cached(w_bytes: bytes, N: int, dedupe: bool) -> Neighbours:
+    Wc = torch.frombuffer(bytearray(w_bytes), dtype=torch.float64).reshape(N, N)
     if dedupe:
         uniq, inverse = torch.unique(Wc, dim=0, return_inverse=True)
         # one representative agent per distinct row (the first that has it), in agent order
@@ -74,3 +83,19 @@ def neighbours(W: torch.Tensor, *, dedupe: bool = True) -> Neighbours:
         pair_id[(0, 0)] = 0
     pairs = torch.tensor(sorted(pair_id, key=pair_id.get), dtype=torch.int64).reshape(-1, 2)
     return Neighbours(N, unique_rows, inverse, idx, weights, pairs, pair_of_slots, transposed)
+
+
+@lru_cache(maxsize=32)
+def assembly_index(nb: Neighbours, r: int) -> torch.Tensor:
+    """Flat index that gathers the stacked-neighbour Grams (Nu, D r, D r) out of pair blocks (T, r, r).
+
+    Entry (u, s r + a, t r + b) reads block pair_of_slots[u, s, t] at (a, b), or at (b, a) when that pair is
+    stored the other way round.
+    """
+    Nu, D = nb.idx.shape
+    a = torch.arange(r)
+    within = a[:, None] * r + a[None, :]  # (r, r) offset of (a, b)
+    within_t = a[None, :] * r + a[:, None]  # offset of (b, a)
+    off = torch.where(nb.transposed[:, :, :, None, None], within_t, within)  # (Nu, D, D, r, r)
+    flat = nb.pair_of_slots[:, :, :, None, None] * (r * r) + off
+    return flat.permute(0, 1, 3, 2, 4).reshape(Nu, D * r, D * r).contiguous()
