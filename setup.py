@@ -158,6 +158,8 @@ def _extensions() -> list[Extension]:
         print("decaf-kernels: building the CPU module without OpenMP", flush=True)
 
     cpu_sources = sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cpu").glob("*.cpp"))
+    # headers: an edit to any of them must rebuild the module
+    headers = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h"))
     exts = [
         Extension(
             "decaf_kernels._C",
@@ -165,6 +167,7 @@ def _extensions() -> list[Extension]:
             include_dirs=[str(CSRC / "include"), _pybind11_include()],
             extra_compile_args=cxx_flags,
             extra_link_args=link_flags,
+            depends=headers,
             language="c++",
         )
     ]
@@ -187,6 +190,7 @@ def _extensions() -> list[Extension]:
                 # Static cudart: importing the module needs no libcudart.so, only a driver when a kernel runs.
                 libraries=["cudart_static", "dl", "rt", "pthread"],
                 extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"],
+                depends=headers,
                 language="c++",
             )
             ext._nvcc = nvcc  # type: ignore[attr-defined]

@@ -109,7 +109,7 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     index = assembly_index(nb, r)
     Gb = _assemble(GB, index, wb / hb)
     Ga = _assemble(GA, index, ca_slot / ha)
-    X, Y, S = _backend.small_core(Gb, Ga, rank, alpha)  # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
+    X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd)  # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
     # Undo the normalisation: Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha, ...
     gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L, Nu, D)
@@ -141,7 +141,7 @@ def _orth(Y: torch.Tensor) -> torch.Tensor:
     l = Y.shape[-1]
     G = _gram64(Y)
     eye = torch.eye(l, dtype=torch.float64, device=G.device).expand_as(G)
-    X, _, _ = _backend.small_core(G, eye, l, 0.0)
+    X, _, _ = _backend.small_core(G, eye, l, 0.0, Y.dtype)
     return Y @ X.to(Y.dtype)
 
 
@@ -191,7 +191,7 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
     # SVD of Q (Q^T M): Bc' = Q (Gram ~ identity on its non-null part), Ac' = Q^T M.
     Gq = _gram64(Q)
     Gh = _gram64(Ht)  # (Q^T M)(Q^T M)^T
-    X, Yc, S = _backend.small_core(Gq, Gh, rank, alpha)  # (Nu, L, ell, R), (Nu, L, R, ell)
+    X, Yc, S = _backend.small_core(Gq, Gh, rank, alpha, cd)  # (Nu, L, ell, R), (Nu, L, R, ell)
     B_new = Q @ X.to(cd)
     A_new = Yc.to(cd) @ Ht.mT
     scale = cb.to(torch.float64) * ca.to(torch.float64)  # (L,)

@@ -33,8 +33,10 @@ For each problem b, with M = U S V^T the SVD of the (never formed) product of an
 
 so Bc X Y Ac is a best rank-`rank` approximation of M. One problem per OpenMP iteration (float64):
 symmetrise and scale the Grams by powers of two, rank-revealing pivoted Cholesky of each (stops at a
-remaining diagonal <= m * eps), core C = Rb Ra^T, one-sided Jacobi SVD of C (or C^T, whichever has
-fewer columns), no inverse of any factor.
+remaining diagonal <= m * eps), core C = Rb Ra^T, then by `target`: one-sided Jacobi SVD of C (or
+C^T, whichever has fewer columns), or the symmetric eigendecomposition of the smaller of C^T C, C C^T
+(Householder + implicit QL, the QL iterations of up to 4 problems interleaved); no inverse of any
+factor.
 
 Args:
     gb_ptr, ga_ptr: float64 (batch, m, m) contiguous; only the symmetric part is read.
@@ -44,13 +46,21 @@ Args:
     x_ptr: float64 (batch, m, rank) contiguous, written.
     y_ptr: float64 (batch, rank, m) contiguous, written.
     s_ptr: float64 (batch, rank) contiguous, written: descending; directions with
-        s <= max(m, 2) * eps * s_1, and those beyond min(kb, ka), are exact zeros with zero X
-        columns and Y rows.
-    info_ptr: int32 (batch,) contiguous, written: Jacobi sweeps used (>= 0), INFO_NON_FINITE (-1:
-        a NaN/Inf in Gb or Ga; X, Y, S are NaN) or INFO_NO_CONVERGENCE (-2: sweep limit reached;
-        X, Y, S are the best available). A zero Gram (Bc = 0 or Ac = 0) gives zeros and info 0.
+        s <= max(m, 2) * eps * s_1 (target 'float32': s <= sqrt(max(m, 2) * eps) * s_1), and those
+        beyond min(kb, ka), are exact zeros with zero X columns and Y rows.
+    info_ptr: int32 (batch,) contiguous, written: Jacobi sweeps used (target 'float64') or QL
+        iterations summed over all eigenvalues (target 'float32'; about 2.2 per eigenvalue),
+        INFO_NON_FINITE (-1: a NaN/Inf in Gb or Ga; X, Y, S are NaN) or INFO_NO_CONVERGENCE (-2:
+        SMALL_CORE_MAX_SWEEPS sweeps, or SMALL_CORE_MAX_QL_ITERATIONS * min(kb, ka) QL
+        iterations; X, Y, S are the best available). A zero Gram (Bc = 0 or Ac = 0) gives zeros
+        and info 0.
     isa: 'auto' (best this CPU supports), 'avx512', 'avx2' or 'baseline' (the plain-loop code,
         also the future CUDA one); a named ISA the CPU lacks raises ValueError.
+    target: 'float64' (default: LAPACK-level accuracy, singular values to ~eps * s_1) or 'float32'
+        (for results rounded to fp32 anyway, 2-3x faster: the squared core resolves singular values
+        down to ~sqrt(m * eps) * s_1; the product B'A' is accurate to ~m * eps * s_1 / s_r relative,
+        e.g. <= 1e-9 for a condition number of 1e6); anything else raises ValueError. Results do
+        not depend on the batch-mates of a problem, for either target.
 
 Example:
     >>> x = torch.empty(b, m, r, dtype=torch.float64); ...
@@ -124,7 +134,8 @@ PYBIND11_MODULE(_C, m) {
 
     m.def("small_core", &decaf::cpu::small_core, kSmallCoreDoc, py::arg("gb_ptr"), py::arg("ga_ptr"), py::arg("batch"),
           py::arg("m"), py::arg("rank"), py::arg("alpha"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("s_ptr"),
-          py::arg("info_ptr"), py::arg("isa") = "auto", py::call_guard<py::gil_scoped_release>());
+          py::arg("info_ptr"), py::arg("isa") = "auto", py::arg("target") = "float64",
+          py::call_guard<py::gil_scoped_release>());
 
     m.def("pair_gram", &decaf::cpu::pair_gram, kPairGramDoc, py::arg("x_ptr"), py::arg("dtype"), py::arg("L"),
           py::arg("P"), py::arg("Q"), py::arg("sN"), py::arg("sL"), py::arg("sP"), py::arg("sQ"), py::arg("pairs_ptr"),
@@ -143,6 +154,7 @@ PYBIND11_MODULE(_C, m) {
 
     m.attr("SMALL_CORE_MAX_M") = decaf::cpu::kSmallCoreMaxM;
     m.attr("SMALL_CORE_MAX_SWEEPS") = decaf::kSmallCoreMaxSweeps;
+    m.attr("SMALL_CORE_MAX_QL_ITERATIONS") = decaf::kSmallCoreMaxQLIterations;
     m.attr("INFO_NON_FINITE") = decaf::kSmallCoreNonFinite;
     m.attr("INFO_NO_CONVERGENCE") = decaf::kSmallCoreNoConvergence;
     m.attr("MIX_MAX_SLOTS") = decaf::kMixMaxSlots;

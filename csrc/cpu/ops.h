@@ -12,13 +12,14 @@
 namespace decaf {
 namespace cpu {
 
-// Largest m small_core accepts. The per-thread workspace is about 5 m^2 doubles (40 MiB at 1024)
-// and the Jacobi cost grows like m^3 per sweep; beyond this the randomized path is the right tool.
+// Largest m small_core accepts. The per-thread workspace is about 5 m^2 doubles (40 MiB at 1024;
+// 9 m^2 for target float32) and the Jacobi cost grows like m^3 per sweep; beyond this the
+// randomized path is the right tool.
 constexpr std::int64_t kSmallCoreMaxM = 1024;
 
 void small_core(std::int64_t gb_ptr, std::int64_t ga_ptr, std::int64_t batch, std::int64_t m, std::int64_t rank,
                 double alpha, std::int64_t x_ptr, std::int64_t y_ptr, std::int64_t s_ptr, std::int64_t info_ptr,
-                const std::string& isa);
+                const std::string& isa, const std::string& target);
 
 void pair_gram(std::int64_t x_ptr, const std::string& dtype, std::int64_t L, std::int64_t P, std::int64_t Q,
                std::int64_t sN, std::int64_t sL, std::int64_t sP, std::int64_t sQ, std::int64_t pairs_ptr,
