@@ -16,6 +16,7 @@ pure-PyTorch version from :mod:`decaf_kernels.reference` is used instead; ``back
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -139,6 +140,15 @@ def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, targ
                            target="float64" if target == torch.float64 else "float32")
             if kr != rank:
                 X[..., :kr], Y[..., :kr, :], S[..., :kr] = Xk, Yk, Sk
+            stuck = int((info == ext.INFO_NO_CONVERGENCE).sum())
+            if stuck:
+                warnings.warn(
+                    f"decaf_kernels: the small-core solver hit its iteration limit on {stuck} of {nb} problems; "
+                    "their factors are the best it reached (usually still accurate to well below fp32 rounding). "
+                    "Please report the inputs if this recurs.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return (X.reshape(*batch_shape, m, rank), Y.reshape(*batch_shape, rank, m),
                     S.reshape(*batch_shape, rank))
     return small_core_torch(Gb.to(torch.float64), Ga.to(torch.float64), rank, alpha)
@@ -165,7 +175,9 @@ def backend_info() -> dict:
         "cuda_device": torch.cuda.get_device_name() if cuda_ok else "none",
         "cpu": {
             "consensus_tsvd.gram": cpu_kernel + (" (fp64 accumulation)" if c else " (einsum in float64)"),
-            "consensus_tsvd.small_core": cpu_kernel + (" (pivoted Cholesky, then one-sided Jacobi SVD for float64 data, symmetric eigensolver of the squared core for fp32/bf16/fp16 data)" if c else " (eigh + svd)"),
+            "consensus_tsvd.small_core": cpu_kernel + (
+                " (pivoted Cholesky, then one-sided Jacobi SVD for float64 data, symmetric eigensolver of the "
+                "squared core for fp32/bf16/fp16 data)" if c else " (eigh + svd)"),
             "consensus_tsvd.reconstruct": cpu_kernel + (" (mix_lowrank)" if c else " (einsum)"),
             "mix_factors": "torch matmul (one GEMM over agents)",
             "mix_products": "torch matmul/einsum (dense, for small shapes)",
