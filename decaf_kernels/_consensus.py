@@ -79,9 +79,12 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     Nu, D = nb.idx.shape
     cd = compute_dtype(Bf.dtype)
     dev = Bf.device
-    active = (nb.idx >= 0).to(torch.float64)  # (Nu, D)
-    slot = nb.idx.clamp(min=0)
-    w = nb.weights.to(torch.float64)
+    # the neighbour lists live on the host; everything derived from them is made once, on the data's device
+    idx = nb.idx.to(dev)
+    pairs = nb.pairs.to(dev)
+    active = (idx >= 0).to(torch.float64)  # (Nu, D)
+    slot = idx.clamp(min=0)
+    w = nb.weights.to(dev, torch.float64)
 
     if Bf.dtype == torch.float64:
         # A float64 Gram overflows past |x| ~ 1e150 (and loses tiny values): work on factors scaled by per-agent
@@ -102,8 +105,8 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     hb = torch.where(hb > 0, hb, torch.ones_like(hb))
     ha = torch.where(ha > 0, ha, torch.ones_like(ha))
 
-    GB = _backend.pair_gram(Bs, nb.pairs)  # (L, T, r, r) float64
-    GA = _backend.pair_gram(As.mT, nb.pairs)
+    GB = _backend.pair_gram(Bs, pairs)  # (L, T, r, r) float64
+    GA = _backend.pair_gram(As.mT, pairs)
     if report_non_finite is not None:
         _check_finite_from_grams(GB, GA, nb, Bf, Af, report_non_finite)
     index = assembly_index(nb, r)
@@ -119,12 +122,11 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None]).permute(1, 0, 2, 3, 4).to(cd).contiguous()
     T_A = (Y.reshape(L, Nu, R, D, r).permute(0, 1, 3, 4, 2) * ga[..., None, None]).permute(1, 0, 2, 3, 4)
     T_A = T_A.to(cd).contiguous()
-    idx = nb.idx.to(dev)
     B_new = torch.empty((Nu, L, d, R), dtype=cd, device=dev)
     A_new = torch.empty((Nu, L, R, k), dtype=cd, device=dev)
-    _backend.mix_lowrank(Bs, idx, T_B.to(dev), B_new)
-    _backend.mix_lowrank(As.mT, idx, T_A.to(dev), A_new.mT)
-    return B_new, A_new, S.permute(1, 0, 2).to(cd).to(dev)
+    _backend.mix_lowrank(Bs, idx, T_B, B_new)
+    _backend.mix_lowrank(As.mT, idx, T_A, A_new.mT)
+    return B_new, A_new, S.permute(1, 0, 2).to(cd)
 
 
 def _gram64(Y: torch.Tensor) -> torch.Tensor:
@@ -166,7 +168,7 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
     omega = torch.randn((L, k, ell), generator=gen, dtype=cd, device=dev)
     idx = nb.idx.to(dev)
     slot = idx.clamp(min=0)
-    wm = (nb.weights * (nb.idx >= 0)).to(cd).to(dev)  # (Nu, D)
+    wm = (nb.weights * (nb.idx >= 0)).to(dev, cd)  # (Nu, D)
 
     def apply_M(Z_k: torch.Tensor) -> torch.Tensor:
         """M_i Z_i for Z_i: (Nu, L, k, ell) -> (Nu, L, d, ell), through the factors."""
@@ -201,8 +203,9 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
     return B_new, A_new, S.to(cd)
 
 
-def auto_method(N_unique: int, L: int, d: int, k: int, m: int, rank: int, oversample: int, power_iters: int) -> str:
-    """Cost model behind method="auto" (documented in consensus_tsvd's docstring)."""
+def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters: int) -> str:
+    """Cost model behind method="auto" (documented in consensus_tsvd's docstring); per agent and layer, since
+    both methods scale alike in the number of agents and layers."""
     ell = min(rank + oversample, m)
     exact = (d + k) * m * m + 30 * m ** 3
     randomized = (d + k) * m * ell * (2 * power_iters + 3) + 30 * ell ** 3

@@ -28,11 +28,6 @@ class Neighbours:
     def degree(self) -> int:
         return int(self.idx.shape[1])
 
-    def to(self, device: torch.device) -> "Neighbours":
-        f = lambda t: t.to(device)  # noqa: E731
-        return Neighbours(self.n_agents, f(self.unique_rows), f(self.inverse), f(self.idx), f(self.weights),
-                          f(self.pairs), f(self.pair_of_slots), f(self.transposed))
-
 
 def neighbours(W: torch.Tensor, *, dedupe: bool = True) -> Neighbours:
     """Neighbour lists of the rows of W (host computation; W is small).

@@ -50,7 +50,7 @@ def _consensus_tsvd_op(
         Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
     nb = neighbours(W)
     if method == "auto":
-        method = auto_method(nb.idx.shape[0], L, d, k, nb.degree * r, rank, oversample, power_iters)
+        method = auto_method(d, k, nb.degree * r, rank, oversample, power_iters)
     if method == "exact":
         report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
         Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report)
