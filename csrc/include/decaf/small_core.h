@@ -215,6 +215,23 @@ DECAF_HD DECAF_INLINE void rotate_and_measure(double cs, double sn, double* DECA
     vv = hsum8(sv);
 }
 
+#if defined(DECAF_HOST_VECTORS)
+// out[u] = x[u] . y[u] for four columns of length n (a multiple of kLanes), each summed in hsum8's order,
+// the four horizontal sums batched in one hsum4x4.
+DECAF_INLINE void dot4(const double* const x[4], const double* const y[4], int n, double* out) {
+    vd4 acc[4];
+    for (int u = 0; u < 4; ++u) {
+        vd4 a0 = splat4(0.0), a1 = a0;
+        for (int i = 0; i < n; i += kLanes) {
+            a0 += load4(x[u] + i) * load4(y[u] + i);
+            a1 += load4(x[u] + i + 4) * load4(y[u] + i + 4);
+        }
+        acc[u] = a0 + a1;
+    }
+    store4(out, hsum4x4(acc[0], acc[1], acc[2], acc[3]));
+}
+#endif
+
 // out[k] = x_k . y_k for the column pairs (x_k, y_k) = (J + p[k] * ldc, J + q[k] * ldc), k < npairs;
 // four pairs at a time share one batched horizontal sum. Entries are summed in hsum8's order.
 template <bool kVec>
@@ -224,18 +241,9 @@ DECAF_HD DECAF_INLINE void pair_dots(const double* DECAF_RESTRICT J, long long l
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         for (; k + 4 <= npairs; k += 4) {
-            vd4 acc[4];
-            for (int u = 0; u < 4; ++u) {
-                const double* x = J + p[k + u] * ldc;
-                const double* y = J + q[k + u] * ldc;
-                vd4 a0 = splat4(0.0), a1 = a0;
-                for (int i = 0; i < n; i += kLanes) {
-                    a0 += load4(x + i) * load4(y + i);
-                    a1 += load4(x + i + 4) * load4(y + i + 4);
-                }
-                acc[u] = a0 + a1;
-            }
-            store4(out + k, hsum4x4(acc[0], acc[1], acc[2], acc[3]));
+            const double* x[4] = {J + p[k] * ldc, J + p[k + 1] * ldc, J + p[k + 2] * ldc, J + p[k + 3] * ldc};
+            const double* y[4] = {J + q[k] * ldc, J + q[k + 1] * ldc, J + q[k + 2] * ldc, J + q[k + 3] * ldc};
+            dot4(x, y, n, out + k);
         }
     }
 #endif
@@ -520,17 +528,10 @@ DECAF_HD DECAF_INLINE void core_gram(const double* DECAF_RESTRICT Cw, int nc, in
 #if defined(DECAF_HOST_VECTORS)
         if constexpr (kVec) {
             for (; i + 4 <= j + 1; i += 4) {
-                vd4 acc[4];
-                for (int u = 0; u < 4; ++u) {
-                    const double* DECAF_RESTRICT ci = Cw + (long long)(i + u) * ldw;
-                    vd4 a0 = splat4(0.0), a1 = a0;
-                    for (int r = 0; r < ldw; r += kLanes) {
-                        a0 += load4(ci + r) * load4(cj + r);
-                        a1 += load4(ci + r + 4) * load4(cj + r + 4);
-                    }
-                    acc[u] = a0 + a1;
-                }
-                store4(kj + i, hsum4x4(acc[0], acc[1], acc[2], acc[3]));
+                const double* x[4] = {Cw + (long long)i * ldw, Cw + (long long)(i + 1) * ldw,
+                                      Cw + (long long)(i + 2) * ldw, Cw + (long long)(i + 3) * ldw};
+                const double* y[4] = {cj, cj, cj, cj};
+                dot4(x, y, ldw, kj + i);
             }
         }
 #endif
