@@ -37,6 +37,7 @@ from . import baselines as bl
 from .cases import CASES, Case, factor_bytes, get_case, make_inputs
 
 EXACT = "consensus_tsvd exact"
+GRAPHED = "consensus_tsvd exact (CUDA graph)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,26 +280,64 @@ class Method:
     unavailable: str = ""
 
 
-def methods_for(dk, dk_error: Optional[str], seed: int, validate: bool) -> list:
+class _HostW:
+    """W copied to the host once per tensor: the library ops read W's structure on the host, and a CPU W
+    spares them a device-to-host copy (a synchronisation) on every call, as a training loop would."""
+
+    def __init__(self):
+        self._key, self._val = None, None
+
+    def __call__(self, W: torch.Tensor) -> torch.Tensor:
+        if W.device.type == "cpu":
+            return W
+        key = (id(W), W.data_ptr(), W._version)
+        if key != self._key:
+            self._key, self._val = key, W.cpu()
+        return self._val
+
+
+class _Graphed:
+    """consensus_tsvd exact replayed from a CUDA graph (decaf_kernels.CapturedConsensus), captured once per input
+    tensors (the first, untimed call on new tensors captures; later calls replay)."""
+
+    def __init__(self, dk, host_w):
+        self.dk, self.host_w = dk, host_w
+        self._key, self._step = None, None
+
+    def __call__(self, B, A, W, rank):
+        key = (B.data_ptr(), A.data_ptr(), tuple(B.shape), rank, id(W))
+        if key != self._key:
+            self._step = None
+            torch.cuda.empty_cache()
+            self._step = self.dk.CapturedConsensus(B, A, self.host_w(W), rank, validate=False)
+            self._key = key
+        return self._step.replay()
+
+
+def methods_for(dk, dk_error: Optional[str], seed: int, validate: bool, device: torch.device = torch.device("cpu")) -> list:
     out = []
     val = f"validate={validate}"
     if dk is not None and hasattr(dk, "consensus_tsvd"):
         gen = torch.Generator().manual_seed(seed)  # CPU generator: the op draws one seed from it per call
+        host_w = _HostW()
 
         def exact(B, A, W, rank):
-            return dk.consensus_tsvd(B, A, W, rank, method="exact", validate=validate)
+            return dk.consensus_tsvd(B, A, host_w(W), rank, method="exact", validate=validate)
 
         def randomized(B, A, W, rank):
-            return dk.consensus_tsvd(B, A, W, rank, method="randomized", generator=gen, validate=validate)
+            return dk.consensus_tsvd(B, A, host_w(W), rank, method="randomized", generator=gen, validate=validate)
 
         def mix(B, A, W, rank):
             return dk.mix_factors(B, W, validate=validate), dk.mix_factors(A, W, validate=validate)
 
         out += [
-            Method(EXACT, exact, "decaf_kernels", val),
+            Method(EXACT, exact, "decaf_kernels", f"{val}; W on the host"),
             Method("consensus_tsvd randomized", randomized, "decaf_kernels",
                    f"oversample=8, power_iters=2, seeded; {val}"),
         ]
+        if device.type == "cuda" and hasattr(dk, "CapturedConsensus"):
+            out.append(Method(GRAPHED, _Graphed(dk, host_w), "decaf_kernels",
+                              "exact, replayed from a CUDA graph (CapturedConsensus); no value checks"))
         tail = [Method("mix_factors (DLoRA)", mix, "decaf_kernels", f"not a TSVD: B and A mixed separately; {val}")]
     else:
         why = dk_error or "decaf_kernels has no consensus_tsvd"
@@ -406,14 +445,14 @@ def print_table(case: Case, rows: list, dtype_name: str, device_label: str) -> N
     print(f"\n== {case.name}: N={case.N} L={case.L} d={case.d} k={case.k} r={case.r} {case.graph} graph, "
           f"{dtype_name} on {device_label}; {nbytes / 1e6:.1f} MB of factors in + out; "
           f"rank-{case.r} truncation drops {rows[0].extra.get('truncation_error', float('nan')):.3f} of ||M||")
-    header = f"{'method':<28}{'time ms':>11}{'IQR ms':>10}{'exact x':>9}{'opt err':>10}{'GB/s':>8}  notes"
+    header = f"{'method':<34}{'time ms':>11}{'IQR ms':>10}{'exact x':>9}{'opt err':>10}{'GB/s':>8}  notes"
     print(header)
     print("-" * len(header))
     for r in rows:
         t = _fmt(r.time_ms, ".3f" if (r.time_ms or 0) < 10 else ".1f")
         if r.extrapolated:
             t += "*"
-        print(f"{r.method:<28}{t:>11}{_fmt(r.iqr_ms, '.3f'):>10}{_fmt(r.speedup_of_exact, '.2f'):>9}"
+        print(f"{r.method:<34}{t:>11}{_fmt(r.iqr_ms, '.3f'):>10}{_fmt(r.speedup_of_exact, '.2f'):>9}"
               f"{_fmt(r.opt_error, '.1e'):>10}{_fmt(r.gb_per_s, '.2f'):>8}  "
               f"{'' if r.method == 'floor' or not r.reps else f'{r.reps} reps; '}{r.notes}")
     print("  * extrapolated from a layer subset. 'exact x' = this method's time / consensus_tsvd exact's "
@@ -514,7 +553,7 @@ def main(argv=None) -> int:
     except Exception as exc:
         dk, dk_error = None, f"import decaf_kernels failed: {type(exc).__name__}: {exc}"
     env = run_conditions(device, dk, dk_error)
-    methods = methods_for(dk, dk_error, args.seed, args.validate)
+    methods = methods_for(dk, dk_error, args.seed, args.validate, device)
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",")}
         unknown = wanted - {m.name for m in methods}

@@ -5,8 +5,8 @@ block          CPU tensors                                 CUDA tensors
 =============  ==========================================  ===========================================
 pair_gram      C++ ``_C.pair_gram`` (fp64 accumulation)    Triton ``pair_gram`` (fp64 accumulation)
 mix_lowrank    C++ ``_C.mix_lowrank``                      Triton ``mix_lowrank``
-small_core     C++ ``_C.small_core`` (pivoted Cholesky +   fallback: ``small_core_torch`` on the device
-               one-sided Jacobi, OpenMP over the batch)    (eigh + svd in float64); a CUDA kernel follows
+small_core     C++ ``_C.small_core`` (pivoted Cholesky +   CUDA ``_C_cuda.small_core_block`` (the same
+               one-sided Jacobi, OpenMP over the batch)    steps, one problem per thread block)
 =============  ==========================================  ===========================================
 
 Whenever the preferred implementation is unavailable (extension not built, Triton not installed), the
@@ -23,6 +23,9 @@ import torch
 
 from . import _ext
 from .reference import mix_lowrank_torch, pair_gram_torch, small_core_torch
+
+# status code of the small-core kernels (decaf/small_core.h kSmallCoreNoConvergence; _C.INFO_NO_CONVERGENCE)
+_INFO_NO_CONVERGENCE = -2
 
 _triton_mod = None
 _triton_err: Optional[str] = None
@@ -112,45 +115,68 @@ def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.
     return out
 
 
-def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, target: torch.dtype = torch.float64):
+def _warn_stuck(stuck: int, nb: int) -> None:
+    if stuck:
+        warnings.warn(
+            f"decaf_kernels: the small-core solver hit its iteration limit on {stuck} of {nb} problems; "
+            "their factors are the best it reached (usually still accurate to well below fp32 rounding). "
+            "Please report the inputs if this recurs.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _cuda_small_core_block():
+    """The block-per-problem CUDA small-core kernel, or None when this build has none."""
+    ext = _ext.cuda_ext()
+    return ext if ext is not None and hasattr(ext, "small_core_block") else None
+
+
+def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, target: torch.dtype = torch.float64,
+               *, check_convergence: bool = True):
     """Batched top-`rank` core solve (float64); see ``reference.small_core_torch`` for the contract.
 
     target: the dtype the results end up in. For float32 the C++ kernel solves the squared core C^T C with a
     symmetric eigensolver (singular values resolved to ~1e-8 s_1, below fp32 rounding, at a fraction of the
-    Jacobi's cost); for float64 it runs the one-sided Jacobi SVD (LAPACK-level accuracy).
+    Jacobi's cost); for float64 it runs the one-sided Jacobi SVD (LAPACK-level accuracy). The CUDA kernel runs
+    the one-sided Jacobi SVD for both, one problem per thread block.
+    check_convergence: read the kernels' status on the host and warn when a problem hit its iteration limit
+    (on CUDA this waits for the device, so the hot path passes False).
     """
     batch_shape = Gb.shape[:-2]
     m = Gb.shape[-1]
-    if Gb.device.type == "cpu":
-        ext = _ext.cpu_ext()
-        if ext is not None:
-            gb = Gb.reshape(-1, m, m).to(torch.float64).contiguous()
-            ga = Ga.reshape(-1, m, m).to(torch.float64).contiguous()
-            nb = gb.shape[0]
-            kr = min(rank, m)  # a core of size m has at most m directions; the rest are null (zeros)
-            X = torch.zeros((nb, m, rank), dtype=torch.float64)
-            Y = torch.zeros((nb, rank, m), dtype=torch.float64)
-            S = torch.zeros((nb, rank), dtype=torch.float64)
-            Xk, Yk, Sk = (X, Y, S) if kr == rank else (torch.empty((nb, m, kr), dtype=torch.float64),
-                                                       torch.empty((nb, kr, m), dtype=torch.float64),
-                                                       torch.empty((nb, kr), dtype=torch.float64))
-            info = torch.empty((nb,), dtype=torch.int32)
+    kr = min(rank, m)  # a core of size m has at most m directions; the rest are null (zeros)
+    tname = "float64" if target == torch.float64 else "float32"
+    dev = Gb.device
+    ext = _ext.cpu_ext() if dev.type == "cpu" else _cuda_small_core_block()
+    if ext is not None:
+        gb = Gb.reshape(-1, m, m).to(torch.float64).contiguous()
+        ga = Ga.reshape(-1, m, m).to(torch.float64).contiguous()
+        nb = gb.shape[0]
+        X = torch.zeros((nb, m, rank), dtype=torch.float64, device=dev)
+        Y = torch.zeros((nb, rank, m), dtype=torch.float64, device=dev)
+        S = torch.zeros((nb, rank), dtype=torch.float64, device=dev)
+        Xk, Yk, Sk = (X, Y, S) if kr == rank else (torch.empty((nb, m, kr), dtype=torch.float64, device=dev),
+                                                   torch.empty((nb, kr, m), dtype=torch.float64, device=dev),
+                                                   torch.empty((nb, kr), dtype=torch.float64, device=dev))
+        info = torch.empty((nb,), dtype=torch.int32, device=dev)
+        if dev.type == "cpu":
             ext.small_core(gb.data_ptr(), ga.data_ptr(), nb, m, kr, float(alpha),
-                           Xk.data_ptr(), Yk.data_ptr(), Sk.data_ptr(), info.data_ptr(),
-                           target="float64" if target == torch.float64 else "float32")
-            if kr != rank:
-                X[..., :kr], Y[..., :kr, :], S[..., :kr] = Xk, Yk, Sk
-            stuck = int((info == ext.INFO_NO_CONVERGENCE).sum())
-            if stuck:
-                warnings.warn(
-                    f"decaf_kernels: the small-core solver hit its iteration limit on {stuck} of {nb} problems; "
-                    "their factors are the best it reached (usually still accurate to well below fp32 rounding). "
-                    "Please report the inputs if this recurs.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            return (X.reshape(*batch_shape, m, rank), Y.reshape(*batch_shape, rank, m),
-                    S.reshape(*batch_shape, rank))
+                           Xk.data_ptr(), Yk.data_ptr(), Sk.data_ptr(), info.data_ptr(), target=tname)
+        elif nb > 0:
+            nwork = ext.small_core_block_work_doubles(m)
+            work = torch.empty((max(1, nb * nwork),), dtype=torch.float64, device=dev) if nwork else None
+            with torch.cuda.device(dev):
+                ext.small_core_block(gb.data_ptr(), ga.data_ptr(), nb, m, kr, float(alpha), Xk.data_ptr(),
+                                     Yk.data_ptr(), Sk.data_ptr(), info.data_ptr(),
+                                     work.data_ptr() if work is not None else 0, tname,
+                                     torch.cuda.current_stream(dev).cuda_stream)
+        if kr != rank:
+            X[..., :kr], Y[..., :kr, :], S[..., :kr] = Xk, Yk, Sk
+        if check_convergence and nb > 0:
+            _warn_stuck(int((info == _INFO_NO_CONVERGENCE).sum()), nb)
+        return (X.reshape(*batch_shape, m, rank), Y.reshape(*batch_shape, rank, m),
+                S.reshape(*batch_shape, rank))
     return small_core_torch(Gb.to(torch.float64), Ga.to(torch.float64), rank, alpha)
 
 
@@ -187,10 +213,11 @@ def backend_info() -> dict:
         "cuda": {
             "consensus_tsvd.gram": ("Triton pair_gram (fp64 accumulation)" if tri is not None
                                      else "pure PyTorch fallback (Triton unavailable)"),
-            "consensus_tsvd.small_core": "fallback: torch.linalg eigh + svd in float64 on the device"
-                                         + (" (decaf_kernels._C_cuda.small_core is compiled but not dispatched to "
-                                            "until it has been validated on a GPU)" if _ext.cuda_ext() is not None
-                                            else " (no CUDA small-core kernel in this build)"),
+            "consensus_tsvd.small_core": (
+                "CUDA decaf_kernels._C_cuda.small_core_block (one problem per thread block in shared memory: "
+                "pivoted Cholesky + one-sided Jacobi SVD in float64)" if _cuda_small_core_block() is not None
+                else "fallback: torch.linalg eigh + svd in float64 on the device (no CUDA small-core kernel in "
+                     f"this build: _C_cuda {cuda_status})"),
             "consensus_tsvd.reconstruct": ("Triton mix_lowrank" if tri is not None
                                             else "pure PyTorch fallback (Triton unavailable)"),
             "mix_factors": "torch matmul",

@@ -16,6 +16,8 @@ projected problem.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import _backend
@@ -45,33 +47,75 @@ def _assemble(G: torch.Tensor, index: torch.Tensor, coef: torch.Tensor) -> torch
     return blocks * (c[..., :, None] * c[..., None, :])
 
 
-def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, nb: Neighbours, Bf: torch.Tensor,
-                             Af: torch.Tensor, report) -> None:
+def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, pl, Bf: torch.Tensor, Af: torch.Tensor,
+                             report) -> None:
     """The Gram diagonals are float64 sums of squares: finite exactly when the factors are (fp32 data squared
     in fp64 cannot overflow; fp64 data is scaled first). So finiteness costs nothing extra here; the
     element-wise scan only runs to name the culprit, or for agents no Gram block covers."""
-    same = nb.pairs[:, 0] == nb.pairs[:, 1]
-    for name, G, X in (("B", GB, Bf), ("A", GA, Af)):
-        diag = G[:, same.to(G.device)].diagonal(dim1=-2, dim2=-1)
+    for name, G in (("B", GB), ("A", GA)):
+        diag = G[:, pl.same].diagonal(dim1=-2, dim2=-1)
         if not bool(torch.isfinite(diag).all()):
             report(name)
-    covered = torch.zeros(nb.n_agents, dtype=torch.bool)
-    covered[nb.pairs[same][:, 0]] = True
-    if not bool(covered.all()):
-        missing = torch.nonzero(~covered).flatten().to(Bf.device)
+    if pl.uncovered.numel():
+        missing = pl.uncovered.to(Bf.device)
         for name, X in (("B", Bf), ("A", Af)):
             if not bool(torch.isfinite(X[missing].abs().amax())):
                 report(name)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Everything consensus_exact derives from the neighbour lists, made once per (W, device, r) and kept on the
+    data's device: per-call host-to-device copies would synchronise the stream and break CUDA-graph capture."""
+
+    idx: torch.Tensor  # (Nu, D) int64, -1 = empty slot
+    pairs: torch.Tensor  # (T, 2) int64
+    active: torch.Tensor  # (Nu, D) float64, 1 for a filled slot
+    slot: torch.Tensor  # (Nu, D) int64, idx with empty slots pointing at agent 0
+    weights: torch.Tensor  # (Nu, D) float64
+    index: torch.Tensor  # assembly_index(nb, r)
+    same: torch.Tensor  # (T,) bool: the pair is (j, j)
+    uncovered: torch.Tensor  # agents no diagonal pair covers (host, int64)
+
+
+_plans: dict = {}
+
+
+def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
+    key = (id(nb), str(dev), r)
+    hit = _plans.get(key)
+    if hit is not None and hit[0] is nb:
+        return hit[1]
+    idx = nb.idx.to(dev)
+    same = nb.pairs[:, 0] == nb.pairs[:, 1]
+    covered = torch.zeros(nb.n_agents, dtype=torch.bool)
+    covered[nb.pairs[same][:, 0]] = True
+    plan = _Plan(
+        idx=idx,
+        pairs=nb.pairs.to(dev),
+        active=(idx >= 0).to(torch.float64),
+        slot=idx.clamp(min=0),
+        weights=nb.weights.to(dev, torch.float64),
+        index=assembly_index(nb, r).to(dev),
+        same=same.to(dev),
+        uncovered=torch.nonzero(~covered).flatten(),
+    )
+    if len(_plans) > 64:
+        _plans.clear()
+    _plans[key] = (nb, plan)  # holding nb keeps id(nb) from being reused while the entry lives
+    return plan
+
+
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
-                    report_non_finite=None):
+                    report_non_finite=None, out_dtype=None):
     """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k).
 
     report_non_finite: None (no check) or a callable taking "B" or "A", called when that factor has a non-finite
-    value (it raises, naming the element in the caller's coordinates).
+    value (it raises, naming the element in the caller's coordinates). The check reads two booleans on the host;
+    with None nothing in this function waits for the device.
+    out_dtype: dtype of B_new and A_new (default: the compute dtype); the reconstruction writes it directly.
 
-    Returns (B_new (Nu, L, d, rank), A_new (Nu, L, rank, k), S (Nu, L, rank)) per distinct row of W, in the
+    Returns (B_new (Nu, L, d, rank), A_new (Nu, L, rank, k), S (Nu, L, rank)) per distinct row of W; S in the
     compute dtype (float32, or float64 for float64 input).
     """
     N, L, d, r = Bf.shape
@@ -79,12 +123,8 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     Nu, D = nb.idx.shape
     cd = compute_dtype(Bf.dtype)
     dev = Bf.device
-    # the neighbour lists live on the host; everything derived from them is made once, on the data's device
-    idx = nb.idx.to(dev)
-    pairs = nb.pairs.to(dev)
-    active = (idx >= 0).to(torch.float64)  # (Nu, D)
-    slot = idx.clamp(min=0)
-    w = nb.weights.to(dev, torch.float64)
+    pl = _plan(nb, dev, r)
+    active, slot, w = pl.active, pl.slot, pl.weights
 
     if Bf.dtype == torch.float64:
         # A float64 Gram overflows past |x| ~ 1e150 (and loses tiny values): work on factors scaled by per-agent
@@ -95,37 +135,42 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         As = Af / ca[:, :, None, None].to(Af.dtype)
         cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
         ca_slot = ca[slot].permute(2, 0, 1) * active
+        wb = w[None] * cb_slot  # (L, Nu, D): weight x scale of each B slot
+        hb = wb.abs().amax(-1, keepdim=True)
+        ha = ca_slot.abs().amax(-1, keepdim=True)
+        hb = torch.where(hb > 0, hb, torch.ones_like(hb))
+        ha = torch.where(ha > 0, ha, torch.ones_like(ha))
     else:
+        # no per-layer scales: the slot coefficients are the same for every layer, (1, Nu, D)
         Bs, As = Bf, Af
-        cb_slot = active.expand(L, Nu, D)
-        ca_slot = active.expand(L, Nu, D)
-    wb = w[None] * cb_slot  # (L, Nu, D): weight x scale of each B slot
-    hb = wb.abs().amax(-1, keepdim=True)
-    ha = ca_slot.abs().amax(-1, keepdim=True)
-    hb = torch.where(hb > 0, hb, torch.ones_like(hb))
-    ha = torch.where(ha > 0, ha, torch.ones_like(ha))
+        ca_slot = active[None]
+        wb = (w * active)[None]
+        hb = wb.abs().amax(-1, keepdim=True)
+        hb = torch.where(hb > 0, hb, torch.ones_like(hb))
+        ha = torch.ones_like(hb)
 
-    GB = _backend.pair_gram(Bs, pairs)  # (L, T, r, r) float64
-    GA = _backend.pair_gram(As.mT, pairs)
+    GB = _backend.pair_gram(Bs, pl.pairs)  # (L, T, r, r) float64
+    GA = _backend.pair_gram(As.mT, pl.pairs)
     if report_non_finite is not None:
-        _check_finite_from_grams(GB, GA, nb, Bf, Af, report_non_finite)
-    index = assembly_index(nb, r)
-    Gb = _assemble(GB, index, wb / hb)
-    Ga = _assemble(GA, index, ca_slot / ha)
-    X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd)  # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
+        _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
+    Gb = _assemble(GB, pl.index, (wb / hb).expand(L, Nu, D))
+    Ga = _assemble(GA, pl.index, (ca_slot / ha).expand(L, Nu, D))
+    X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd,
+                                  check_convergence=report_non_finite is not None or dev.type == "cpu")
+    # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
     # Undo the normalisation: Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha, ...
-    gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L, Nu, D)
+    gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L or 1, Nu, D)
     ga = (ca_slot / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
     S = S * (hb * ha)
     R = X.shape[-1]
-    T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None]).permute(1, 0, 2, 3, 4).to(cd).contiguous()
-    T_A = (Y.reshape(L, Nu, R, D, r).permute(0, 1, 3, 4, 2) * ga[..., None, None]).permute(1, 0, 2, 3, 4)
-    T_A = T_A.to(cd).contiguous()
-    B_new = torch.empty((Nu, L, d, R), dtype=cd, device=dev)
-    A_new = torch.empty((Nu, L, R, k), dtype=cd, device=dev)
-    _backend.mix_lowrank(Bs, idx, T_B, B_new)
-    _backend.mix_lowrank(As.mT, idx, T_A, A_new.mT)
+    T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None].to(X.dtype)).to(cd).permute(1, 0, 2, 3, 4)
+    T_A = (Y.reshape(L, Nu, R, D, r) * ga[:, :, None, :, None].to(Y.dtype)).to(cd).permute(1, 0, 3, 4, 2)
+    od = cd if out_dtype is None else out_dtype
+    B_new = torch.empty((Nu, L, d, R), dtype=od, device=dev)
+    A_new = torch.empty((Nu, L, R, k), dtype=od, device=dev)
+    _backend.mix_lowrank(Bs, pl.idx, T_B, B_new)
+    _backend.mix_lowrank(As.mT, pl.idx, T_A, A_new.mT)
     return B_new, A_new, S.permute(1, 0, 2).to(cd)
 
 

@@ -21,7 +21,8 @@ def check_tensor(name: str, x, *, min_dim: int) -> None:
         raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}")
 
 
-def check_mixing(W, n_agents: int, ref: torch.Tensor, ref_name: str) -> None:
+def check_mixing(W, n_agents: int, ref: torch.Tensor, ref_name: str, *, allow_host: bool = False) -> None:
+    """allow_host: W may also live on the CPU when the factors are elsewhere (ops that read W on the host)."""
     check_tensor("W", W, min_dim=2)
     if W.dim() != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"W must be a square (N, N) mixing matrix, got shape {tuple(W.shape)}")
@@ -30,8 +31,9 @@ def check_mixing(W, n_agents: int, ref: torch.Tensor, ref_name: str) -> None:
             f"W is {tuple(W.shape)} but {ref_name} has N = {n_agents} agents in dimension 0; expected W of shape "
             f"({n_agents}, {n_agents})"
         )
-    if W.device != ref.device:
-        raise ValueError(f"W is on {W.device} but {ref_name} is on {ref.device}; expected the same device")
+    if W.device != ref.device and not (allow_host and W.device.type == "cpu"):
+        expected = "the same device or the CPU" if allow_host else "the same device"
+        raise ValueError(f"W is on {W.device} but {ref_name} is on {ref.device}; expected {expected}")
 
 
 def check_factors(B, A) -> tuple[int, tuple[int, ...], int, int, int]:

@@ -53,7 +53,7 @@ def _consensus_tsvd_op(
         method = auto_method(d, k, nb.degree * r, rank, oversample, power_iters)
     if method == "exact":
         report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
-        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report)
+        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report, out_dtype=B.dtype)
     else:
         if validate:
             V.check_finite("B", B)
@@ -82,7 +82,7 @@ def _consensus_tsvd_backward_op(
     A_new: Tensor, split: str, need_W: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     dB, dA, dW = _consensus_backward(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, SPLITS[split], need_W)
-    return dB.to(B.dtype).contiguous(), dA.to(A.dtype).contiguous(), dW.to(W.dtype).contiguous()
+    return dB.to(B.dtype).contiguous(), dA.to(A.dtype).contiguous(), dW.to(W.device, W.dtype).contiguous()
 
 
 @_consensus_tsvd_backward_op.register_fake
@@ -108,7 +108,7 @@ def _consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W:
     gSf = gS.reshape(N, L, R).to(f64)
     Bn = B_new.reshape(N, L, d, R).to(f64)
     An = A_new.reshape(N, L, R, k).to(f64)
-    Wd = W.to(f64)
+    Wd = W.to(B.device, f64)  # W may live on the host (see consensus_tsvd)
 
     nb = neighbours(W, dedupe=False)
     idx = nb.idx.to(B.device)
@@ -218,7 +218,9 @@ def consensus_tsvd(
         B: (N, *batch, d, r) LoRA "B" factors of the N agents (any number of batch/layer dimensions).
         A: (N, *batch, r, k) LoRA "A" factors, same dtype and device as B.
         W: (N, N) mixing matrix, row i = the weights agent i gives its neighbours; rows must sum to 1
-            (W need not be symmetric). Any floating dtype; used in float64.
+            (W need not be symmetric). Any floating dtype; used in float64. On B's device or on the CPU: the
+            neighbour lists are built on the host (cached by W's values), so a CPU W saves a device-to-host copy
+            per call with GPU factors, and is required inside CUDA-graph capture.
         rank: rank of the result, 1 <= rank <= min(d, k); defaults to r. Directions beyond the numerical rank
             of M_i come back as zero columns of B' / rows of A'.
         method: "exact", "randomized", or "auto": exact unless its cost model
@@ -250,7 +252,16 @@ def consensus_tsvd(
         (torch.Size([4, 12, 64, 8]), torch.Size([4, 12, 8, 48]))
     """
     N, batch, d, r, k = V.check_factors(B, A)
-    V.check_mixing(W, N, B, "B")
+    V.check_mixing(W, N, B, "B", allow_host=True)
+    if B.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if W.device.type != "cpu":
+            raise ValueError("W is on the GPU while a CUDA graph is being captured; the neighbour lists are read "
+                             "from W on the host, so pass W as a CPU tensor (it is small) to capture consensus_tsvd")
+        if validate:
+            raise ValueError("validate=True reads values back to the host, which a CUDA graph capture cannot do; "
+                             "pass validate=False inside the capture (and check the inputs before it)")
+        if method != "exact":
+            raise ValueError(f"method={method!r} cannot be captured in a CUDA graph; pass method='exact'")
     if rank is None:
         rank = r
     if isinstance(rank, bool) or not isinstance(rank, int):

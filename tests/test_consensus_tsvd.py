@@ -62,6 +62,20 @@ def factors(gen, N, batch, d, k, r, dtype, scale=1.0):
     return B.to(dtype), A.to(dtype)
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Every test here runs on the CPU kernels and, where a GPU is present, on the CUDA kernels."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here; the GPU path is checked on a GPU machine (bench/gpu_check.sh)")
+    return torch.device(request.param)
+
+
+def run(device, B, A, W, *args, **kwargs):
+    """consensus_tsvd on `device` (inputs made on the CPU are moved there); the outputs come back to the CPU."""
+    out = dk.consensus_tsvd(B.to(device), A.to(device), W.to(device), *args, **kwargs)
+    return tuple(o.cpu() for o in out)
+
+
 CASES = [
     # id, N, batch, d, k, r, rank
     ("N4-b()-d37-k29-r4", 4, (), 37, 29, 4, 4),
@@ -74,11 +88,11 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("graph", list(GRAPHS))
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_exact_is_optimal(case, graph, dtype, rng):
+def test_exact_is_optimal(case, graph, dtype, rng, device):
     _, N, batch, d, k, r, rank = case
     B, A = factors(rng, N, batch, d, k, r, dtype)
     W = GRAPHS[graph](N)
-    B2, A2, S = dk.consensus_tsvd(B, A, W, rank, method="exact", return_singular_values=True)
+    B2, A2, S = run(device, B, A, W, rank, method="exact", return_singular_values=True)
     assert B2.shape == (N, *batch, d, rank) and A2.shape == (N, *batch, rank, k) and S.shape == (N, *batch, rank)
     assert B2.dtype == dtype and A2.dtype == dtype
     M, Mr, S_ref = oracle(B, A, W, rank)
@@ -89,11 +103,11 @@ def test_exact_is_optimal(case, graph, dtype, rng):
 
 
 @pytest.mark.parametrize("split", ["balanced", "left", "right"])
-def test_split(split, rng):
+def test_split(split, rng, device):
     N, d, k, r = 4, 30, 20, 3
     B, A = factors(rng, N, (2,), d, k, r, torch.float64)
     W = ring(N)
-    B2, A2, S = dk.consensus_tsvd(B, A, W, split=split, return_singular_values=True)
+    B2, A2, S = run(device, B, A, W, split=split, return_singular_values=True)
     M, Mr, _ = oracle(B, A, W, r)
     assert optimality_error(B2, A2, M, Mr) < 1e-12
     alpha = {"balanced": 0.5, "left": 1.0, "right": 0.0}[split]
@@ -104,37 +118,37 @@ def test_split(split, rng):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_full_rank_reproduces_the_mix(dtype, rng):
+def test_full_rank_reproduces_the_mix(dtype, rng, device):
     """rank >= deg * r: nothing is truncated, B'A' = M_i exactly."""
     N, d, k, r = 5, 40, 36, 3
     B, A = factors(rng, N, (2,), d, k, r, dtype)
     W = ring(N)
-    B2, A2 = dk.consensus_tsvd(B, A, W, rank=3 * r)
+    B2, A2 = run(device, B, A, W, rank=3 * r)
     M, _, _ = oracle(B, A, W, 3 * r)
     err = optimality_error(B2, A2, M, M)
     assert err <= max(2 * torch_dense_error(B, A, W, 3 * r, dtype), floor(B, A, W, dtype))
 
 
-def test_identical_agents_are_a_fixed_point(rng):
+def test_identical_agents_are_a_fixed_point(rng, device):
     N, d, k, r = 6, 32, 24, 4
     B0, A0 = factors(rng, 1, (3,), d, k, r, torch.float64)
     B, A = B0.expand(N, -1, -1, -1).clone(), A0.expand(N, -1, -1, -1).clone()
     for W in (ring(N), complete(N)):
-        B2, A2 = dk.consensus_tsvd(B, A, W)
+        B2, A2 = run(device, B, A, W)
         torch.testing.assert_close(B2 @ A2, B @ A, atol=1e-12, rtol=1e-12)
 
 
-def test_complete_graph_agrees(rng):
+def test_complete_graph_agrees(rng, device):
     N, d, k, r = 5, 28, 30, 4
     B, A = factors(rng, N, (2,), d, k, r, torch.float32)
-    B2, A2 = dk.consensus_tsvd(B, A, complete(N, torch.float32))
+    B2, A2 = run(device, B, A, complete(N, torch.float32))
     P = (B2 @ A2).double()
     assert (P - P[:1]).abs().max() == 0  # agents with equal rows of W are solved once, so bit-identical
     assert float(dk.consensus_distance(B2, A2).max()) < 1e-6 * float(P.norm())
 
 
 @pytest.mark.parametrize("power_iters", [1, 2])
-def test_randomized_matches_exact_with_a_gap(power_iters, rng):
+def test_randomized_matches_exact_with_a_gap(power_iters, rng, device):
     """M_i = a rank-`rank` signal (singular values ~1) + noise 1e-3: the sketch finds the top subspace."""
     N, d, k, r, rank = 4, 60, 50, 8, 3
     W = complete(N)  # deg r = 32 > rank + oversample = 7: the sketch really is smaller than the exact core
@@ -145,8 +159,8 @@ def test_randomized_matches_exact_with_a_gap(power_iters, rng):
     B[..., :rank] += common_B / d**0.25
     A[..., :rank, :] += common_A / k**0.25
     M, Mr, _ = oracle(B, A, W, rank)
-    Be, Ae = dk.consensus_tsvd(B, A, W, rank, method="exact")
-    Br, Ar = dk.consensus_tsvd(B, A, W, rank, method="randomized", oversample=4, power_iters=power_iters,
+    Be, Ae = run(device, B, A, W, rank, method="exact")
+    Br, Ar = run(device, B, A, W, rank, method="randomized", oversample=4, power_iters=power_iters,
                                generator=torch.Generator().manual_seed(7))
     err_exact = optimality_error(Be, Ae, M, Mr)
     err_rand = optimality_error(Br, Ar, M, Mr)
@@ -155,21 +169,21 @@ def test_randomized_matches_exact_with_a_gap(power_iters, rng):
     assert err_rand < 10 * (1e-3) ** (2 * power_iters + 1) * 10 ** (power_iters + 2)
 
 
-def test_randomized_is_seeded(rng):
+def test_randomized_is_seeded(rng, device):
     N, d, k, r = 4, 30, 30, 6
     B, A = factors(rng, N, (), d, k, r, torch.float32)
     W = complete(N)
-    runs = [dk.consensus_tsvd(B, A, W, 2, method="randomized", power_iters=0,
+    runs = [run(device, B, A, W, 2, method="randomized", power_iters=0,
                               generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
     assert torch.equal(runs[0][0], runs[1][0])
     assert not torch.equal(runs[0][0], runs[2][0])
 
 
-def test_auto_picks_exact_for_sparse_graphs(rng):
+def test_auto_picks_exact_for_sparse_graphs(rng, device):
     N, d, k, r = 6, 64, 64, 4
     B, A = factors(rng, N, (), d, k, r, torch.float64)
     W = ring(N)
-    torch.testing.assert_close(dk.consensus_tsvd(B, A, W)[0], dk.consensus_tsvd(B, A, W, method="exact")[0])
+    torch.testing.assert_close(run(device, B, A, W)[0], run(device, B, A, W, method="exact")[0])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,12 +246,12 @@ TRAPS = ["all-zero-B", "some-agents-zero", "duplicate-agents", "cond-1e6", "huge
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("trap", TRAPS)
-def test_traps_stay_finite_and_optimal(trap, dtype):
+def test_traps_stay_finite_and_optimal(trap, dtype, device):
     gen = torch.Generator().manual_seed(zlib.crc32(trap.encode()))
     B64, A64, W = trap_inputs(trap, gen)
     B, A = B64.to(dtype), A64.to(dtype)
     rank = B.shape[-1]
-    B2, A2, S = dk.consensus_tsvd(B, A, W, rank, return_singular_values=True)
+    B2, A2, S = run(device, B, A, W, rank, return_singular_values=True)
     assert torch.isfinite(B2).all() and torch.isfinite(A2).all() and torch.isfinite(S).all()
     M, Mr, _ = oracle(B, A, W, rank)  # the oracle sees exactly the (rounded) inputs the op saw
     if trap == "all-zero-B":
@@ -278,13 +292,13 @@ def test_plain_cholesky_qr_fails_the_traps_we_pass():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_half_precision_inputs(dtype, rng):
+def test_half_precision_inputs(dtype, rng, device):
     """Computed in fp32, returned in the input dtype: the error is that of rounding the optimal factors."""
     N, d, k, r = 4, 40, 32, 4
     B, A = factors(rng, N, (2,), d, k, r, torch.float32)
     B, A = B.to(dtype), A.to(dtype)
     W = ring(N)
-    B2, A2 = dk.consensus_tsvd(B, A, W)
+    B2, A2 = run(device, B, A, W)
     assert B2.dtype == dtype and A2.dtype == dtype
     M, Mr, S = oracle(B, A, W, r)
     err = optimality_error(B2, A2, M, Mr)
@@ -294,13 +308,13 @@ def test_half_precision_inputs(dtype, rng):
     assert err <= 2 * base + 1e-6, (err, base)
 
 
-def test_non_contiguous_inputs(rng):
+def test_non_contiguous_inputs(rng, device):
     N, d, k, r = 4, 36, 28, 4
-    Bt = torch.randn(N, 3, r, d, generator=rng, dtype=torch.float64)
-    At = torch.randn(N, 3, k, r, generator=rng, dtype=torch.float64)
+    Bt = torch.randn(N, 3, r, d, generator=rng, dtype=torch.float64).to(device)
+    At = torch.randn(N, 3, k, r, generator=rng, dtype=torch.float64).to(device)
     B, A = Bt.mT, At.mT  # transposed views
-    Bs = torch.randn(N, 6, d, r, generator=rng, dtype=torch.float64)[:, ::2]  # strided slice
-    W = ring(N)
+    Bs = torch.randn(N, 6, d, r, generator=rng, dtype=torch.float64).to(device)[:, ::2]  # strided slice
+    W = ring(N).to(device)
     for Bx, Ax in ((B, A), (Bs, A)):
         assert not Bx.is_contiguous()
         B2, A2 = dk.consensus_tsvd(Bx, Ax, W)
@@ -312,19 +326,19 @@ def test_non_contiguous_inputs(rng):
         torch.testing.assert_close(P2, P3, atol=100 * EPS[torch.float64] * float(P3.abs().max()), rtol=0)
 
 
-def test_inputs_are_not_modified(rng):
+def test_inputs_are_not_modified(rng, device):
     B, A = factors(rng, 4, (2,), 20, 20, 3, torch.float32)
-    W = ring(4)
+    B, A, W = B.to(device), A.to(device), ring(4).to(device)
     Bc, Ac, Wc = B.clone(), A.clone(), W.clone()
     dk.consensus_tsvd(B, A, W)
     dk.consensus_tsvd(B, A, W, method="randomized", generator=torch.Generator().manual_seed(0))
     assert torch.equal(B, Bc) and torch.equal(A, Ac) and torch.equal(W, Wc)
 
 
-def test_rank_above_numerical_rank_gives_zero_directions(rng):
+def test_rank_above_numerical_rank_gives_zero_directions(rng, device):
     N, d, k, r = 3, 20, 20, 2
     B, A = factors(rng, N, (), d, k, r, torch.float64)
     W = torch.eye(N, dtype=torch.float64)  # M_i = B_i A_i has rank 2
-    B2, A2, S = dk.consensus_tsvd(B, A, W, rank=5, return_singular_values=True)
+    B2, A2, S = run(device, B, A, W, rank=5, return_singular_values=True)
     assert (S[:, 2:] == 0).all() and (B2[..., 2:] == 0).all() and (A2[..., 2:, :] == 0).all()
     torch.testing.assert_close(B2 @ A2, B @ A, atol=1e-12, rtol=1e-12)

@@ -1,0 +1,90 @@
+"""The CUDA path end to end: no host synchronisation, CUDA-graph capture, W on the host, the kernels in use.
+
+Correctness against the float64 oracle on CUDA is in test_consensus_tsvd.py (every test there also runs on
+CUDA); the kernels on their own are in test_cuda_small_core.py and test_triton_kernels.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import optimality_error, oracle, ring
+
+import decaf_kernels as dk
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here; run on a GPU machine (bench/gpu_check.sh)")
+
+
+def inputs(N=6, L=3, d=96, k=80, r=8, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(N, L, d, r, generator=g) / d**0.5
+    A = torch.randn(N, L, r, k, generator=g) / k**0.5
+    return B.to("cuda", dtype), A.to("cuda", dtype), ring(N)
+
+
+def test_cuda_kernels_are_in_use():
+    info = dk.backend_info()
+    assert info["extension"]["_C_cuda"] == "loaded", info["extension"]
+    assert "Triton" in info["cuda"]["consensus_tsvd.gram"]
+    assert "block" in info["cuda"]["consensus_tsvd.small_core"], info["cuda"]["consensus_tsvd.small_core"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_no_host_synchronisation(dtype):
+    """validate=False with W on the host: nothing in the call may wait for the GPU."""
+    B, A, W = inputs(dtype=dtype)
+    dk.consensus_tsvd(B, A, W, validate=False)  # first call: kernels compile and autotune (they may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        B2, A2 = dk.consensus_tsvd(B, A, W, validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    M, Mr, _ = oracle(B, A, W, B.shape[-1])
+    assert optimality_error(B2, A2, M, Mr) < (1e-12 if dtype == torch.float64 else 1e-2 if dtype == torch.bfloat16 else 1e-6)
+
+
+def test_w_on_host_equals_w_on_device():
+    B, A, W = inputs()
+    Bh, Ah = dk.consensus_tsvd(B, A, W)
+    Bd, Ad = dk.consensus_tsvd(B, A, W.cuda())
+    assert torch.equal(Bh, Bd) and torch.equal(Ah, Ad)
+
+
+def test_captured_consensus_replays_on_new_values():
+    B, A, W = inputs(seed=1)
+    step = dk.CapturedConsensus(B, A, W)
+    B2, A2 = step.replay()
+    Be, Ae = dk.consensus_tsvd(B, A, W)
+    torch.testing.assert_close(B2 @ A2, Be @ Ae, atol=1e-6, rtol=1e-5)
+    # new values in the same tensors: the replay follows them
+    Bn, An, _ = inputs(seed=2)
+    B.copy_(Bn)
+    A.copy_(An)
+    B3, A3 = step.replay()
+    assert B3.data_ptr() == B2.data_ptr()
+    M, Mr, _ = oracle(B, A, W, B.shape[-1])
+    assert optimality_error(B3, A3, M, Mr) < 1e-6
+
+
+def test_capture_errors_are_clear():
+    B, A, W = inputs()
+    dk.consensus_tsvd(B, A, W, validate=False)
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="CPU tensor"):
+        with torch.cuda.graph(g):
+            dk.consensus_tsvd(B, A, W.cuda(), validate=False)
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="validate=False"):
+        with torch.cuda.graph(g):
+            dk.consensus_tsvd(B, A, W)
+
+
+def test_large_batch_of_cores_matches_cpu():
+    """Hundreds of cores in one launch (the benchmark's regime), against the CPU kernels on the same data."""
+    B, A, W = inputs(N=8, L=40, d=256, k=192, r=8, seed=3)
+    Bg, Ag = dk.consensus_tsvd(B, A, W)
+    Bc, Ac = dk.consensus_tsvd(B.cpu(), A.cpu(), W)
+    Pg, Pc = (Bg @ Ag).double().cpu(), (Bc @ Ac).double()
+    assert float((Pg - Pc).norm() / Pc.norm()) < 1e-6
