@@ -2,7 +2,7 @@
 # Everything the GPU needs checked, in one device call: build in place, the GPU test subset, the per-kernel
 # profile and the side-by-side comparison. Logs, JSON rows and plots go to $OUT (default bench/out/gpu).
 #
-#   bash bench/gpu_check.sh [all|build|test|profile|bench]...      (default: all)
+#   bash bench/gpu_check.sh [all|build|test|profile|bench|pytest-bench]...      (default: all)
 #
 # Uses the python3 on PATH as is (the device image has torch, triton, pybind11 and nvcc; nothing is installed).
 # DECAF_CUDA_ARCHS defaults to 90 here (one architecture builds faster); the package's default is "80;90".
@@ -60,5 +60,10 @@ if want bench; then
   $PY -m bench.compare --cases large --dtype bfloat16 --device cuda --budget 3 \
       --methods "consensus_tsvd exact,consensus_tsvd exact (CUDA graph),factored_cholesky,mix_factors (DLoRA)" --out "$OUT" 2>&1 \
       | tee "$OUT/compare_large_bf16.log" || status=1
+fi
+if want pytest-bench; then
+  step "pytest-benchmark (CUDA, exact)"
+  $PY -m pytest -q -p no:cacheprovider bench/test_bench_consensus.py -k "cuda and exact" --benchmark-only \
+      --benchmark-columns=median,iqr,rounds --benchmark-json="$OUT/pytest_benchmark.json" 2>&1 | tail -20
 fi
 exit $status

@@ -1,8 +1,8 @@
 """pytest-benchmark microbenchmarks of the consensus step (``pytest bench/ --benchmark-only``).
 
 Times ``decaf_kernels.consensus_tsvd`` (exact, randomized), the factored PyTorch baselines and DLoRA's
-``mix_factors`` on the tiny and small cases on CPU, and on tiny / small / medium on CUDA when a device
-is present. Ids read ``<case>-<method>-<dtype>[-cuda]``, e.g. ``small-exact-fp32``. Nothing here
+``mix_factors`` on the tiny and small cases on CPU, and on tiny / small / medium / large on CUDA when a device
+is present (large and bf16: the library ops and the Cholesky baseline only). Ids read ``<case>-<method>-<dtype>[-cuda]``, e.g. ``small-exact-fp32``. Nothing here
 asserts on speed; each test checks that the timed call returned finite factors of the right shape.
 The side-by-side table with extrapolation, optimality errors and the bandwidth floor is
 ``python -m bench.compare``; this file is for tracking one method over time (``--benchmark-autosave``,
@@ -36,6 +36,10 @@ def _randomized(B, A, W, rank, _gen=torch.Generator().manual_seed(0)):
     return dk.consensus_tsvd(B, A, W, rank, method="randomized", generator=_gen, validate=False)
 
 
+# the library ops get W on the host (see consensus_tsvd's docs): no device-to-host copy of W per call
+_ON_HOST = {"exact", "randomized"}
+
+
 def _mix_factors(B, A, W, rank):
     return dk.mix_factors(B, W, validate=False), dk.mix_factors(A, W, validate=False)
 
@@ -50,7 +54,8 @@ METHODS = {
 }
 
 CPU_CASES = ("tiny", "small")
-CUDA_CASES = ("tiny", "small", "medium")
+CUDA_CASES = ("tiny", "small", "medium", "large")
+_LARGE_METHODS = ("exact", "mix_factors", "cholesky")  # the others take seconds per call on large
 
 
 def _params():
@@ -58,7 +63,10 @@ def _params():
     for device, case_names in (("cpu", CPU_CASES), ("cuda", CUDA_CASES)):
         for case_name in case_names:
             for method, (_, needs_dk) in METHODS.items():
-                for dtype in (torch.float32,):
+                if case_name == "large" and method not in _LARGE_METHODS:
+                    continue
+                dtypes = (torch.float32, torch.bfloat16) if device == "cuda" and method == "exact" else (torch.float32,)
+                for dtype in dtypes:
                     marks = []
                     if device == "cuda":
                         marks.append(pytest.mark.skipif(_CUDA_MISSING is not None, reason=str(_CUDA_MISSING)))
@@ -74,6 +82,8 @@ def _params():
 def test_consensus_step(benchmark, case_name, method, dtype, device):
     case = get_case(case_name)
     B, A, W = make_inputs(case, dtype, device, seed=0)
+    if method in _ON_HOST:
+        W = W.cpu()
     fn = METHODS[method][0]
     benchmark.group = f"{case_name}-{_DTYPE_IDS[dtype]}-{device}"
     benchmark.extra_info.update(case=case_name, method=method, device=device, N=case.N, L=case.L, d=case.d,
