@@ -35,16 +35,21 @@ def _pow2_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(e)
 
 
-def _assemble(G: torch.Tensor, index: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+def _outer_coef(coef: torch.Tensor, r: int) -> torch.Tensor:
+    """(.., Nu, D) per-slot scalars -> (.., Nu, D r, D r) products coef_s coef_t, block by block."""
+    c = coef.repeat_interleave(r, dim=-1)
+    return c[..., :, None] * c[..., None, :]
+
+
+def _assemble(G: torch.Tensor, index: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
     """Gram of the stacked neighbour factors from the pair blocks.
 
-    G: (L, T, r, r) pair blocks; index: ``_graph.assembly_index``; coef: (L, Nu, D) per-slot scalar (weight x
-    scale; 0 for empty slots). Returns (L, Nu, D r, D r) with block (s, t) = coef_s coef_t G(j_s, j_t).
+    G: (L, T, r, r) pair blocks; index: ``_graph.assembly_index``; outer: (L or 1, Nu, D r, D r) from
+    :func:`_outer_coef` of the per-slot scalars (weight x scale; 0 for empty slots). Returns (L, Nu, D r, D r)
+    with block (s, t) = coef_s coef_t G(j_s, j_t).
     """
-    L, _, r, _ = G.shape
-    c = coef.repeat_interleave(r, dim=-1)  # (L, Nu, D r)
-    blocks = G.reshape(L, -1)[:, index.to(G.device)]  # one gather: (L, Nu, D r, D r)
-    return blocks * (c[..., :, None] * c[..., None, :])
+    L = G.shape[0]
+    return G.reshape(L, -1)[:, index] * outer  # one gather, one product
 
 
 def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, pl, Bf: torch.Tensor, Af: torch.Tensor,
@@ -76,9 +81,19 @@ class _Plan:
     index: torch.Tensor  # assembly_index(nb, r)
     same: torch.Tensor  # (T,) bool: the pair is (j, j)
     uncovered: torch.Tensor  # agents no diagonal pair covers (host, int64)
+    coefs: dict  # alpha -> the per-slot coefficients of unscaled (non-float64) data, see _unscaled_coefs
 
 
 _plans: dict = {}
+
+
+def _not_while_capturing(dev: torch.device) -> None:
+    """Tensors made during a CUDA-graph capture only receive their values when the graph is replayed, so the
+    per-W tables must exist before: a capture needs one eager call with the same W, shapes and split first."""
+    if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("consensus_tsvd is being captured in a CUDA graph before any eager call with this W, rank "
+                           "and split: run it once eagerly first (a warm-up; kernels also compile and autotune "
+                           "there), then capture")
 
 
 def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
@@ -86,6 +101,7 @@ def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
     hit = _plans.get(key)
     if hit is not None and hit[0] is nb:
         return hit[1]
+    _not_while_capturing(dev)
     idx = nb.idx.to(dev)
     same = nb.pairs[:, 0] == nb.pairs[:, 1]
     covered = torch.zeros(nb.n_agents, dtype=torch.bool)
@@ -99,11 +115,28 @@ def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
         index=assembly_index(nb, r).to(dev),
         same=same.to(dev),
         uncovered=torch.nonzero(~covered).flatten(),
+        coefs={},
     )
     if len(_plans) > 64:
         _plans.clear()
     _plans[key] = (nb, plan)  # holding nb keeps id(nb) from being reused while the entry lives
     return plan
+
+
+def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
+    """Per-slot coefficients for data without per-agent scales (every dtype but float64), cached in the plan:
+    assembly products of the B and A sides, reconstruction factors gb, ga and the scale of S."""
+    hit = pl.coefs.get(alpha)
+    if hit is not None:
+        return hit
+    _not_while_capturing(pl.idx.device)
+    wb = (pl.weights * pl.active)[None]  # (1, Nu, D): weight of each B slot
+    hb = wb.abs().amax(-1, keepdim=True)
+    hb = torch.where(hb > 0, hb, torch.ones_like(hb))
+    ca = pl.active[None]
+    out = (_outer_coef(wb / hb, r), _outer_coef(ca, r), (wb / hb) * hb.pow(alpha), ca * hb.pow(1.0 - alpha), hb)
+    pl.coefs[alpha] = out
+    return out
 
 
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
@@ -140,29 +173,29 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         ha = ca_slot.abs().amax(-1, keepdim=True)
         hb = torch.where(hb > 0, hb, torch.ones_like(hb))
         ha = torch.where(ha > 0, ha, torch.ones_like(ha))
+        outer_b = _outer_coef(wb / hb, r)
+        outer_a = _outer_coef(ca_slot / ha, r)
+        gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L, Nu, D)
+        ga = (ca_slot / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
+        s_scale = hb * ha
     else:
-        # no per-layer scales: the slot coefficients are the same for every layer, (1, Nu, D)
+        # no per-layer scales: every coefficient depends on W alone, so it is made once per (W, device, r, alpha)
         Bs, As = Bf, Af
-        ca_slot = active[None]
-        wb = (w * active)[None]
-        hb = wb.abs().amax(-1, keepdim=True)
-        hb = torch.where(hb > 0, hb, torch.ones_like(hb))
-        ha = torch.ones_like(hb)
+        outer_b, outer_a, gb, ga, s_scale = _unscaled_coefs(pl, r, alpha)
 
     GB = _backend.pair_gram(Bs, pl.pairs)  # (L, T, r, r) float64
     GA = _backend.pair_gram(As.mT, pl.pairs)
     if report_non_finite is not None:
         _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
-    Gb = _assemble(GB, pl.index, (wb / hb).expand(L, Nu, D))
-    Ga = _assemble(GA, pl.index, (ca_slot / ha).expand(L, Nu, D))
+    Gb = _assemble(GB, pl.index, outer_b)
+    Ga = _assemble(GA, pl.index, outer_a)
     X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd,
                                   check_convergence=report_non_finite is not None or dev.type == "cpu")
     # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
-    # Undo the normalisation: Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha, ...
-    gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L or 1, Nu, D)
-    ga = (ca_slot / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
-    S = S * (hb * ha)
+    # Undo the normalisation (gb, ga, s_scale above): Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~,
+    # B' = Bc~ X~ (hb ha)^alpha, A' = (hb ha)^(1 - alpha) Y~ Ac~
+    S = S * s_scale
     R = X.shape[-1]
     T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None].to(X.dtype)).to(cd).permute(1, 0, 2, 3, 4)
     T_A = (Y.reshape(L, Nu, R, D, r) * ga[:, :, None, :, None].to(Y.dtype)).to(cd).permute(1, 0, 3, 4, 2)

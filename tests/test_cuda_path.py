@@ -88,3 +88,12 @@ def test_large_batch_of_cores_matches_cpu():
     Bc, Ac = dk.consensus_tsvd(B.cpu(), A.cpu(), W)
     Pg, Pc = (Bg @ Ag).double().cpu(), (Bc @ Ac).double()
     assert float((Pg - Pc).norm() / Pc.norm()) < 1e-6
+
+
+def test_capture_without_warmup_is_refused():
+    B, A, _ = inputs(N=7, seed=4)
+    W = ring(7) * 0.5 + torch.eye(7, dtype=torch.float64) * 0.5  # a W no earlier test used
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="eagerly first"):
+        with torch.cuda.graph(g):
+            dk.consensus_tsvd(B, A, W, validate=False)
