@@ -75,11 +75,36 @@ def _cpu_kernel_dtype(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def pair_gram(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    """(L, T, Q, Q) float64 Gram blocks x[j]^T x[k] for the pairs; see ``reference.pair_gram_torch``."""
+# Precision of the Triton passes on CUDA, per data dtype (see triton_kernels.pair_gram / mix_lowrank):
+# Grams: fp32/fp64 data in float64 (exact products; DMMA), 16-bit data on the 16-bit tensor cores with fp32
+# accumulation (exact products). Reconstruction: fp32 FMA ("ieee") for fp32 data, hi/lo split of the small
+# coefficients on the 16-bit tensor cores for 16-bit data. Chosen from GPU measurements (bench/RESULTS.md).
+GRAM_PRECISION = {torch.float32: "fp64", torch.float64: "fp64", torch.bfloat16: "native16", torch.float16: "native16"}
+MIX_PRECISION = {torch.float32: "ieee", torch.float64: "ieee", torch.bfloat16: "split16", torch.float16: "split16"}
+
+
+# Whether the CUDA Gram pass uses the grouped Triton kernel (each factor tile read once for all its partners).
+GRAM_GROUPED = True
+
+
+def gram_groups(pairs: torch.Tensor, device: torch.device):
+    """The grouped-pairs plan for ``pair_gram`` on ``device`` (host pairs), or None where it does not apply."""
+    if device.type != "cuda" or not GRAM_GROUPED or _triton() is None:
+        return None
+    return _triton().pair_groups(pairs, device=device)
+
+
+def pair_gram(x: torch.Tensor, pairs: torch.Tensor, groups=None) -> torch.Tensor:
+    """(L, T, Q, Q) float64 Gram blocks x[j]^T x[k] for the pairs; see ``reference.pair_gram_torch``.
+
+    groups: optional ``triton_kernels.pair_groups(pairs)`` plan (Triton path only): each factor tile is read once
+    for all its partners.
+    """
     N, L, P, Q = x.shape
     if _use_triton(x):
-        return _triton().pair_gram(x, pairs, acc_dtype=torch.float64)
+        prec = GRAM_PRECISION[x.dtype]
+        return _triton().pair_gram(x, pairs, precision=prec, out_dtype=torch.float64, groups=groups,
+                                   check_index=False)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
         if ext is not None:
@@ -98,7 +123,8 @@ def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.
     n_out, D = idx.shape
     R = t.shape[-1]
     if _use_triton(x):
-        return _triton().mix_lowrank(x, idx, t, out=out)
+        prec = MIX_PRECISION[x.dtype] if x.dtype != torch.float64 else "ieee"
+        return _triton().mix_lowrank(x, idx, t, out=out, precision=prec, check_index=False)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
         if ext is not None:

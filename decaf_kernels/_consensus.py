@@ -82,6 +82,7 @@ class _Plan:
     same: torch.Tensor  # (T,) bool: the pair is (j, j)
     uncovered: torch.Tensor  # agents no diagonal pair covers (host, int64)
     coefs: dict  # alpha -> the per-slot coefficients of unscaled (non-float64) data, see _unscaled_coefs
+    groups: object  # pairs grouped by a shared factor for the Triton Gram kernel (CUDA), or None
 
 
 _plans: dict = {}
@@ -116,6 +117,7 @@ def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
         same=same.to(dev),
         uncovered=torch.nonzero(~covered).flatten(),
         coefs={},
+        groups=_backend.gram_groups(nb.pairs, dev),
     )
     if len(_plans) > 64:
         _plans.clear()
@@ -183,8 +185,8 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         Bs, As = Bf, Af
         outer_b, outer_a, gb, ga, s_scale = _unscaled_coefs(pl, r, alpha)
 
-    GB = _backend.pair_gram(Bs, pl.pairs)  # (L, T, r, r) float64
-    GA = _backend.pair_gram(As.mT, pl.pairs)
+    GB = _backend.pair_gram(Bs, pl.pairs, pl.groups)  # (L, T, r, r) float64
+    GA = _backend.pair_gram(As.mT, pl.pairs, pl.groups)
     if report_non_finite is not None:
         _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
     Gb = _assemble(GB, pl.index, outer_b)

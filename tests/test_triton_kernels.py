@@ -396,12 +396,415 @@ def test_cpu_tensors_need_the_interpreter():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Precision modes, grouped pair_gram, layer-major grids, check_index (fresh inputs, several seeds)
+# ---------------------------------------------------------------------------------------------------
+#
+# Error bounds per mode, element-wise against the float64 oracle, S = |x_j|^T |x_k| (or sum |x||t|),
+# K = terms per element. They are the bounds the GPU must meet; under the interpreter every tl.dot is
+# an exact-input numpy matmul in the accumulator dtype, so there they only check the wiring (indices,
+# masks, transposes, dtypes), not the tensor-core rounding -- which the GPU tests below do.
+# * "fp64": products exact for <= 32-bit data, sums at 2^-53: 2 K u64 S.
+# * "fp32" / "ieee": fp32 FMA accumulation: 2 (K + 2) u32 S (+2 for fp64 data rounded to fp32).
+# * tensor-core fp32 accumulation (tf32x3, native16, split16): the MMA adder may truncate instead of
+#   round, so u = 2^-23 for the sums: 2 (K + 2) 2^-23 S.
+# * "tf32x3" adds the split error per product: a = a_hi + a_lo with a_hi = tf32(a) (rel. 2^-11) and
+#   a_lo truncated to tf32 by the MMA (rel. 2^-10 of a_lo): |a b - (a_hi b_hi + a_hi b_lo + a_lo b_hi)|
+#   <= (2^-22 + 2 * 2^-21 + O(2^-32)) |a||b| < 2^-19 |a||b|, so + 2^-19 S.
+# * "split16" adds the split of t: |t - t_hi - t_lo| <= u16^2 |t| + the 16-bit subnormal spacing / 2
+#   (2^-25 for fp16, 2^-134 for bf16): + sum |x| (u16^2 |t| + tiny).
+TC_U = 2.0**-23  # fp32 accumulation on tensor cores (truncating adder allowed)
+TF32X3_SPLIT = 2.0**-19
+SUBNORMAL_HALF = {torch.float16: 2.0**-25, torch.bfloat16: 2.0**-134}
+
+
+def gram_bound(x, pairs, precision):
+    P = x.shape[2]
+    S = gram_oracle(x, pairs, absolute=True)
+    if precision == "fp64":
+        return 2 * P * U64 * S + 1e-300
+    u = U32 if precision == "fp32" else TC_U
+    bound = 2 * (P + 2) * u * S
+    if precision == "tf32x3":
+        bound = bound + TF32X3_SPLIT * S
+    return bound + 1e-300
+
+
+def mix_bound(x, idx, t, precision, out_dtype):
+    K = idx.shape[1] * x.shape[3]
+    S = mix_oracle(x, idx, t, absolute=True)
+    if t.dtype == torch.float64:
+        bound = 2 * K * U64 * S
+    else:
+        bound = 2 * (K + 2) * (U32 if precision == "ieee" else TC_U) * S
+    if precision == "tf32x3":
+        bound = bound + TF32X3_SPLIT * S
+    if precision == "split16":
+        u16 = U16[x.dtype]
+        bound = bound + mix_oracle(x, idx, t.abs() * u16**2 + SUBNORMAL_HALF[x.dtype], absolute=True)
+    if out_dtype in U16:
+        u16 = U16[out_dtype] * (2 if (out_dtype == torch.bfloat16 and tk.interpreter_active()) else 1)
+        bound = bound + u16 * (mix_oracle(x, idx, t).abs() + bound) + 2.0**-24
+    elif out_dtype == torch.float32 and t.dtype == torch.float64:
+        bound = bound + U32 * S
+    return bound + 1e-300
+
+
+def ring_pairs(N, dist=2):
+    """The consensus graph's pairs for a ring: unordered (j <= k) at distance 0..dist, as _graph makes them."""
+    return sorted({tuple(sorted((j, (j + d) % N))) for j in range(N) for d in range(dist + 1)})
+
+
+def random_pairs(N, T, gen):
+    """Arbitrary ordered pairs: duplicates, self pairs, both orientations."""
+    p = torch.randint(0, N, (T, 2), generator=gen)
+    p[0] = torch.tensor([N - 1, 0])
+    p[1] = torch.tensor([0, N - 1])
+    p[2] = torch.tensor([1, 1])
+    return p
+
+
+# x dtype -> the precisions that take it; "native16" needs 16-bit data. bf16 is left to the GPU tests:
+# the interpreter stores bf16 as uint16 and its tl.dot would multiply the integers.
+GRAM_MODES = [
+    ("fp64", torch.float32),
+    ("fp64", torch.float16),
+    ("fp64", torch.float64),
+    ("fp32", torch.float32),
+    ("fp32", torch.float16),
+    ("tf32x3", torch.float32),
+    ("tf32x3", torch.float64),
+    ("native16", torch.float16),
+]
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-pair", "grouped"])
+@pytest.mark.parametrize("layout,shape", [("contig", (5, 3, 70, 16)), ("transposed", (5, 2, 100, 24)), ("step2", (4, 2, 63, 5))])
+@pytest.mark.parametrize("precision,dtype", GRAM_MODES, ids=[f"{p}-{str(d)[6:]}" for p, d in GRAM_MODES])
+def test_pair_gram_modes(precision, dtype, layout, shape, grouped):
+    N = shape[0]
+    for seed in (0, 1, 2):
+        gen = torch.Generator().manual_seed(100 * seed + 7)
+        x = make_x(shape, dtype, layout, gen)
+        pairs = torch.tensor(ring_pairs(N) if seed != 1 else random_pairs(N, 11, gen).tolist(), device=DEVICE)
+        groups = tk.pair_groups(pairs) if grouped else None
+        got = tk.pair_gram(x, pairs, precision=precision, groups=groups)
+        want_dtype = torch.float64 if precision == "fp64" else torch.float32
+        assert got.dtype == want_dtype and got.shape == (shape[1], pairs.shape[0], shape[3], shape[3]) and got.is_contiguous()
+        assert_within(got, gram_oracle(x, pairs), gram_bound(x, pairs, precision), f"pair_gram[{precision}] seed {seed}")
+        if seed == 0:
+            # out_dtype=float64: the same accumulator stored wider; check_index=False: same launch, no check.
+            wide = tk.pair_gram(x, pairs, precision=precision, groups=groups, out_dtype=torch.float64, check_index=False)
+            assert wide.dtype == torch.float64
+            torch.testing.assert_close(wide.cpu(), got.cpu().double(), rtol=0, atol=0)
+
+
+def test_pair_gram_grouped_block_overrides_and_multiple_q_tiles():
+    """Q = 40 with block_q = 16: 3 x 3 Q tiles per group, flipped slots stored transposed, 8-slot
+    groups that leave empty slots; and the per-pair kernel with the same overrides."""
+    gen = torch.Generator().manual_seed(3)
+    N, L, P, Q = 6, 2, 45, 40
+    x = make_x((N, L, P, Q), torch.float32, "transposed", gen)
+    pairs = torch.tensor(ring_pairs(N, dist=2) + [(3, 0), (5, 5)], device=DEVICE)
+    ref, bound = gram_oracle(x, pairs), gram_bound(x, pairs, "fp64")
+    for group_size in (None, 1, 8):
+        groups = tk.pair_groups(pairs, group_size=group_size)
+        assert (groups.partner >= 0).sum().item() == pairs.shape[0]
+        got = tk.pair_gram(x, pairs, groups=groups, block_p=32, block_q=16)
+        assert_within(got, ref, bound, f"grouped pair_gram, group_size={group_size}")
+    assert_within(tk.pair_gram(x, pairs, block_p=32, block_q=16), ref, bound, "per-pair pair_gram, overrides")
+
+
+def test_pair_groups_plan():
+    pairs = torch.tensor(ring_pairs(16))
+    g = tk.pair_groups(pairs)
+    # balanced: every agent owns 3 of the 48 pairs, in groups of 4 slots
+    assert g.group_size == 4 and g.row.shape == (16,) and sorted(g.row.tolist()) == list(range(16))
+    assert ((g.partner >= 0).sum(1) == 3).all()
+    # every pair exactly once, with the flip flag saying which end owns it
+    seen = {}
+    for j, ks, cs in zip(g.row.tolist(), g.partner.tolist(), g.code.tolist()):
+        for k, c in zip(ks, cs):
+            if k < 0:
+                assert c == -1
+                continue
+            t, flipped = divmod(c, 2)
+            assert t not in seen
+            seen[t] = True
+            assert tuple(pairs[t].tolist()) == ((k, j) if flipped else (j, k))
+    assert sorted(seen) == list(range(48))
+    empty = tk.pair_groups(torch.empty(0, 2, dtype=torch.int64))
+    assert empty.row.numel() == 0
+    with pytest.raises(ValueError, match="group_size=3"):
+        tk.pair_groups(pairs, group_size=3)
+    with pytest.raises(ValueError, match=r"pairs\[0\] = \(-1, 0\)"):
+        tk.pair_groups(torch.tensor([[-1, 0]]))
+
+
+MIX_MODES = [
+    ("ieee", torch.float32, torch.float32),
+    ("tf32x3", torch.float32, torch.float32),
+    ("tf32x3", torch.float16, torch.float16),
+    ("split16", torch.float16, torch.float16),
+    ("split16", torch.float16, torch.float32),
+    ("ieee", torch.float64, torch.float64),
+    ("tf32x3", torch.float64, torch.float64),  # fp64 data: fp64 products whatever is asked
+]
+
+
+@pytest.mark.parametrize(
+    "layout,shape,D,R,blocks",
+    [
+        ("contig", (5, 3, 70, 16), 3, 16, {}),
+        ("transposed", (5, 2, 100, 16), 3, 16, {}),
+        ("step2", (4, 2, 63, 5), 4, 3, {}),
+        ("permuted", (4, 2, 40, 24), 2, 20, {"block_q": 16, "block_r": 16, "block_p": 16}),
+    ],
+    ids=["B-like", "AmT-like", "step2-Q5-R3", "permuted-Q24-R20-overrides"],
+)
+@pytest.mark.parametrize("precision,dtype,out_dtype", MIX_MODES, ids=[f"{p}-{str(d)[6:]}-out{str(o)[6:]}" for p, d, o in MIX_MODES])
+def test_mix_lowrank_modes(precision, dtype, out_dtype, layout, shape, D, R, blocks):
+    N, L, P, Q = shape
+    n_out = N + 1  # n_out != L and != N: a wrong (l, i) decomposition of the layer-major grid shows
+    t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for seed in (0, 1, 2):
+        gen = torch.Generator().manual_seed(1000 + seed)
+        x = make_x(shape, dtype, layout, gen)
+        idx = make_idx(n_out, D, N, gen)
+        t = torch.randn(n_out, L, D, Q, R, generator=gen, dtype=torch.float64)
+        t = (t * torch.exp2(torch.randint(-6, 7, t.shape, generator=gen).double())).to(DEVICE, t_dtype)
+        if seed == 2:  # out as the transposed view A_new.mT, like consensus_exact's A side
+            out = torch.empty(n_out, L, R, P, dtype=out_dtype, device=DEVICE).transpose(-1, -2)
+        else:
+            out = None
+        got = tk.mix_lowrank(x, idx, t, out, out_dtype=None if out is not None else out_dtype, precision=precision, **blocks)
+        assert got.dtype == out_dtype and got.shape == (n_out, L, P, R)
+        assert_within(got, mix_oracle(x, idx, t), mix_bound(x, idx, t, precision, out_dtype), f"mix_lowrank[{precision}] seed {seed}")
+        if seed == 0:
+            again = tk.mix_lowrank(x, idx, t, out_dtype=out_dtype, precision=precision, check_index=False, **blocks)
+            assert torch.equal(again.cpu(), got.cpu())
+
+
+def test_split16_beats_plain_16bit_coefficients():
+    """split16 must carry t's low part: rounding t to fp16 alone (one product) misses by ~2^-12 |t|,
+    which the split16 bound (~2^-22 |t|, fp32 output) excludes."""
+    gen = torch.Generator().manual_seed(8)
+    N, L, P, Q, R, n_out, D = 3, 1, 40, 16, 16, 2, 2
+    x = make_x((N, L, P, Q), torch.float16, "contig", gen)
+    idx = torch.tensor([[0, 1], [2, -1]], device=DEVICE)
+    t = (torch.rand(n_out, L, D, Q, R, generator=gen, dtype=torch.float64) + 0.5).to(DEVICE, torch.float32)
+    got = tk.mix_lowrank(x, idx, t, out_dtype=torch.float32, precision="split16")
+    bound = mix_bound(x, idx, t, "split16", torch.float32)
+    assert_within(got, mix_oracle(x, idx, t), bound, "split16")
+    hi_only = mix_oracle(x, idx, t.half().float())
+    assert ((hi_only - mix_oracle(x, idx, t)).abs() > bound).any(), "test does not discriminate"
+
+
+def _bad_mode_calls():
+    x = torch.randn(3, 2, 20, 5, device=DEVICE)
+    ok = torch.tensor([[0, 1], [1, 2]], device=DEVICE)
+    idx = torch.tensor([[0, 1], [2, -1]], device=DEVICE)
+    t = torch.randn(2, 2, 2, 5, 3, device=DEVICE)
+    groups = tk.pair_groups(torch.tensor([[0, 1], [2, 2]], device=DEVICE))
+    return [
+        pytest.param(lambda: tk.pair_gram(x, ok, precision="tf32"), ValueError, "precision='tf32'", id="gram-unknown"),
+        pytest.param(lambda: tk.pair_gram(x, ok, precision="native16"), ValueError, "native16' needs bfloat16 or float16", id="gram-native16-fp32"),
+        pytest.param(lambda: tk.pair_gram(x, ok, out_dtype=torch.float32), ValueError, "out_dtype must be torch.float64", id="gram-fp64-out32"),
+        pytest.param(lambda: tk.pair_gram(x, ok, out_dtype=torch.float16, precision="fp32"), TypeError, "out_dtype is torch.float16", id="gram-out16"),
+        pytest.param(lambda: tk.pair_gram(x, ok, acc_dtype=torch.float32, precision="tf32x3"), ValueError, "acc_dtype=torch.float32 means", id="gram-acc-vs-precision"),
+        pytest.param(lambda: tk.pair_gram(x, ok, acc_dtype=torch.float32, out_dtype=torch.float64), TypeError, "acc_dtype is torch.float32 but out_dtype", id="gram-acc-vs-out"),
+        pytest.param(lambda: tk.pair_gram(x, ok, groups=groups), ValueError, "groups was made for different pairs", id="gram-groups-other-pairs"),
+        pytest.param(lambda: tk.pair_gram(x, ok[:1], groups=groups), ValueError, "groups was made for 2 pairs", id="gram-groups-count"),
+        pytest.param(lambda: tk.pair_gram(x, ok, groups=(1, 2)), TypeError, "PairGroups", id="gram-groups-type"),
+        pytest.param(lambda: tk.mix_lowrank(x, idx, t, precision="tf32"), ValueError, "precision='tf32'", id="mix-unknown"),
+        pytest.param(lambda: tk.mix_lowrank(x, idx, t, precision="split16"), ValueError, "split16' needs bfloat16 or float16", id="mix-split16-fp32"),
+        pytest.param(lambda: tk.mix_lowrank(x.double(), idx, t.double(), precision="split16"), ValueError, "split16' needs", id="mix-split16-fp64"),
+    ]
+
+
+@pytest.mark.parametrize("call,exc,match", _bad_mode_calls())
+def test_modes_reject_bad_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_check_index_false_skips_only_the_range_check():
+    """check_index=False skips the host-side range check (the one synchronisation) but none of the
+    other validation."""
+    x = torch.randn(3, 1, 20, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="pairs has values"):
+        tk.pair_gram(x, torch.tensor([[0, 3]], device=DEVICE))
+    with pytest.raises(TypeError, match="pairs has dtype"):
+        tk.pair_gram(x, torch.tensor([[0, 1]], device=DEVICE, dtype=torch.int32), check_index=False)
+    with pytest.raises(ValueError, match="t has shape"):
+        tk.mix_lowrank(x, torch.tensor([[0]], device=DEVICE), torch.randn(1, 1, 1, 4, 2, device=DEVICE), check_index=False)
+
+
+def test_autotuned_launch_path(monkeypatch):
+    """The wrappers' autotuned path (config pruning, keys, grid from the chosen BLOCK_P, caching) run
+    under the interpreter: autotuners with a stand-in benchmark that runs each config once. Every
+    config writes the whole output, so the result after benchmarking is right; the second call with
+    the same key reuses the cached choice."""
+    if not tk.interpreter_active():
+        pytest.skip("on a GPU the real autotuners run in the GPU tests")
+    import triton
+
+    runs = []
+
+    def bench(kernel_call, quantiles):
+        kernel_call()
+        runs.append(1)
+        return [float(-len(runs))] * 3  # the last config benchmarked "wins": not the default one
+
+    def tuned(kernel, configs, key, prune):
+        return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune}, do_bench=bench)(kernel)
+
+    monkeypatch.setattr(tk, "_pair_gram_tuned", tuned(tk._pair_gram_kernel, tk.GRAM_CONFIGS, tk._GRAM_KEY, tk._prune_gram))
+    monkeypatch.setattr(
+        tk, "_pair_gram_grouped_tuned", tuned(tk._pair_gram_grouped_kernel, tk.GRAM_CONFIGS, tk._GROUPED_KEY, tk._prune_gram)
+    )
+    monkeypatch.setattr(tk, "_mix_lowrank_tuned", tuned(tk._mix_lowrank_kernel, tk.MIX_CONFIGS, tk._MIX_KEY, tk._prune_mix))
+    gen = torch.Generator().manual_seed(21)
+    x = make_x((5, 2, 300, 16), torch.float32, "transposed", gen)
+    pairs = torch.tensor(ring_pairs(5), device=DEVICE)
+    for groups in (None, tk.pair_groups(pairs)):
+        before = len(runs)
+        got = tk.pair_gram(x, pairs, groups=groups, precision="tf32x3")
+        assert len(runs) - before > 1, "no autotuning happened"
+        assert_within(got, gram_oracle(x, pairs), gram_bound(x, pairs, "tf32x3"), "autotuned pair_gram")
+    idx = make_idx(6, 3, 5, gen)
+    t = torch.randn(6, 2, 3, 16, 16, generator=gen).to(DEVICE)
+    out = torch.full((6, 2, 300, 16), float("nan"), device=DEVICE)
+    before = len(runs)
+    tk.mix_lowrank(x, idx, t, out)
+    assert len(runs) - before > 1
+    chosen = tk._mix_lowrank_tuned.best_config
+    assert chosen.kwargs["BLOCK_P"] != tk._MIX_BLOCK_P or chosen.num_warps != tk._NUM_WARPS
+    assert_within(out, mix_oracle(x, idx, t), mix_bound(x, idx, t, "ieee", torch.float32), "autotuned mix_lowrank")
+    before = len(runs)
+    tk.mix_lowrank(x, idx, t, out)
+    assert len(runs) == before, "the cached choice was not reused"
+
+
+# ---------------------------------------------------------------------------------------------------
+# On a GPU (skipped elsewhere): every mode at the benchmark's per-layer shape, CUDA graphs, no syncs
+# ---------------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs the compiled kernels)")
+
+
+def _gpu_case(dtype, layout, seed, N=6, L=3, P=4096, Q=16):
+    gen = torch.Generator().manual_seed(seed)
+    return make_x((N, L, P, Q), dtype, layout, gen), gen
+
+
+GPU_GRAM = GRAM_MODES + [("fp64", torch.bfloat16), ("fp32", torch.bfloat16), ("tf32x3", torch.bfloat16), ("native16", torch.bfloat16)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-pair", "grouped"])
+@pytest.mark.parametrize("layout", ["contig", "transposed"], ids=["B-like", "AmT-like"])
+@pytest.mark.parametrize("precision,dtype", GPU_GRAM, ids=[f"{p}-{str(d)[6:]}" for p, d in GPU_GRAM])
+def test_gpu_pair_gram_modes(precision, dtype, layout, grouped):
+    """P = 4096, Q = 16 (the benchmark's per-layer shape), ring pairs; autotuned launch and an explicit
+    config. Bounds as above; in addition the relative error over the block must be at the mode's
+    level: fp64 < 1e-13, ieee fp32 < 4096 * 2^-24 ~ 2.4e-4 worst case, observed far lower."""
+    x, _ = _gpu_case(dtype, layout, seed=5)
+    pairs = torch.tensor(ring_pairs(x.shape[0]), device="cuda")
+    groups = tk.pair_groups(pairs) if grouped else None
+    ref, bound = gram_oracle(x, pairs), gram_bound(x, pairs, precision)
+    for blocks in ({}, {"block_p": 64}):
+        got = tk.pair_gram(x, pairs, precision=precision, groups=groups, **blocks)
+        assert_within(got, ref, bound, f"pair_gram[{precision}] {blocks}")
+        rel = ((got.cpu().double() - ref).abs().max() / ref.abs().max()).item()
+        limit = {"fp64": 1e-13, "fp32": 1e-5, "tf32x3": 1e-5, "native16": 1e-5}[precision]
+        assert rel < limit, f"pair_gram[{precision}] relative error {rel:.2e}"
+
+
+GPU_MIX = MIX_MODES + [("split16", torch.bfloat16, torch.bfloat16), ("tf32x3", torch.bfloat16, torch.bfloat16), ("ieee", torch.bfloat16, torch.bfloat16)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("layout", ["contig", "transposed"], ids=["B-like", "AmT-like"])
+@pytest.mark.parametrize("precision,dtype,out_dtype", GPU_MIX, ids=[f"{p}-{str(d)[6:]}-out{str(o)[6:]}" for p, d, o in GPU_MIX])
+def test_gpu_mix_lowrank_modes(precision, dtype, out_dtype, layout):
+    """Ring neighbourhoods (D = 3) at P = 4096, Q = R = 16; out is B_new-like (contiguous) for the
+    B-like layout and A_new.mT-like for the other. 16-bit outputs: the bound is dominated by the
+    output rounding u16 |out| -- split16's own error (u16^2 |t|) must not show."""
+    x, gen = _gpu_case(dtype, layout, seed=9)
+    N, L, P, Q = x.shape
+    R, D = 16, 3
+    idx = torch.tensor([[(i - 1) % N, i, (i + 1) % N] for i in range(N)], device="cuda")
+    idx[0, 2] = -1
+    t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    t = torch.randn(N, L, D, Q, R, generator=gen, dtype=torch.float64).to("cuda", t_dtype)
+    if layout == "contig":
+        out = torch.empty(N, L, P, R, dtype=out_dtype, device="cuda")
+    else:
+        out = torch.empty(N, L, R, P, dtype=out_dtype, device="cuda").mT
+    ref = mix_oracle(x, idx, t)
+    for blocks in ({}, {"block_p": 64}):
+        tk.mix_lowrank(x, idx, t, out, precision=precision, **blocks)
+        assert_within(out, ref, mix_bound(x, idx, t, precision, out_dtype), f"mix_lowrank[{precision}] {blocks}")
+
+
+@needs_cuda
+def test_gpu_cuda_graph_capture_and_no_sync():
+    """After a first (autotuning) call, check_index=False launches do not synchronise (CUDA sync
+    debug mode "error" raises on any) and are captured into a CUDA graph whose replay follows new
+    inputs written into the same buffers."""
+    x, gen = _gpu_case(torch.float32, "transposed", seed=13, N=5, L=2, P=1000, Q=16)
+    N, L, P, Q = x.shape
+    pairs = torch.tensor(ring_pairs(N), device="cuda")
+    groups = tk.pair_groups(pairs)
+    idx = torch.tensor([[(i - 1) % N, i, (i + 1) % N] for i in range(N)], device="cuda")
+    t = torch.randn(N, L, 3, Q, 16, generator=gen).cuda()
+    out = torch.empty(N, L, 16, P, device="cuda").mT
+    modes = [dict(), dict(precision="tf32x3", out_dtype=torch.float64)]
+
+    def step():
+        grams = [tk.pair_gram(x, pairs, groups=groups, check_index=False, **m) for m in modes]
+        grams.append(tk.pair_gram(x, pairs, check_index=False))
+        tk.mix_lowrank(x, idx, t, out, precision="tf32x3", check_index=False)
+        return grams
+
+    step()  # autotunes (benchmarks, synchronises) once per key
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        grams = step()
+    x.copy_(torch.randn(x.shape, generator=gen).cuda())
+    t.copy_(torch.randn(t.shape, generator=gen).cuda())
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_within(grams[0], gram_oracle(x, pairs), gram_bound(x, pairs, "fp64"), "graph pair_gram fp64 grouped")
+    assert_within(grams[1], gram_oracle(x, pairs), gram_bound(x, pairs, "tf32x3"), "graph pair_gram tf32x3")
+    assert_within(grams[2], gram_oracle(x, pairs), gram_bound(x, pairs, "fp64"), "graph pair_gram fp64")
+    assert_within(out, mix_oracle(x, idx, t), mix_bound(x, idx, t, "tf32x3", torch.float32), "graph mix_lowrank")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Ahead-of-time build for NVIDIA GPUs (no GPU needed)
 # ---------------------------------------------------------------------------------------------------
 
 # Run in a subprocess: the kernels must be defined with TRITON_INTERPRET off, and a backend bug can
 # abort the process (Triton 3.x asserts in MMAv2 lowering for a 16-bit load feeding an fp64 tl.dot,
 # which pair_gram's _dot_operand works around). Exit code 77 = this Triton cannot build here: skip.
+# Every kernel x precision x data dtype the wrappers accept is built for sm_80 and sm_90 at the
+# block sizes of the main case (Q = R = 16) and at a large-Q tile, and the PTX is checked for the
+# instructions the mode promises: tensor-core MMA (mma.sync / wgmma) for fp64, tf32x3, native16 and
+# split16 (with cvt.rna.tf32 for tf32x3), none for the FFMA modes. Importing the module with
+# TRITON_INTERPRET off also builds the autotuner handles.
 _AOT_SCRIPT = r"""
 import importlib.util, sys
 try:
@@ -415,29 +818,53 @@ try:
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     assert not m.interpreter_active()
+    assert m._pair_gram_tuned is not None and m._mix_lowrank_tuned is not None
 
-    def source(fn, types, consts):
+    def source(fn, ptrs, consts):
         names = fn.arg_names
-        sig = dict(zip(names, types + ["constexpr"] * len(consts)))
+        sig = {n: "constexpr" if n in consts else ("*" + ptrs[n] if n.endswith("_ptr") else "i32") for n in names}
         return ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
 
-    builds = []
-    for x, acc, bq, arch in [("fp32", "fp64", 64, 90), ("bf16", "fp64", 64, 90), ("fp16", "fp64", 16, 80),
-                             ("fp64", "fp64", 64, 90), ("fp32", "fp32", 64, 90)]:
-        src = source(m._pair_gram_kernel, ["*" + x, "*i64", "*" + acc] + ["i32"] * 9, {"BLOCK_P": 64, "BLOCK_Q": bq})
-        builds.append((f"pair_gram x={x} acc={acc} BLOCK_Q={bq} sm_{arch}", src, arch))
-    for x, t, out in [("fp32", "fp32", "fp32"), ("bf16", "fp32", "bf16"), ("fp64", "fp64", "fp64")]:
-        src = source(m._mix_lowrank_kernel, ["*" + x, "*i64", "*" + t, "*" + out] + ["i32"] * 20,
-                     {"BLOCK_P": 64, "BLOCK_Q": 32, "BLOCK_R": 64})
-        builds.append((f"mix_lowrank x={x} t={t} out={out} sm_90", src, 90))
+    builds = []  # (name, source, arch, num_warps, expected instruction class)
+    gram = [("fp32", "fp64", "fp64"), ("bf16", "fp64", "fp64"), ("fp16", "fp64", "fp64"), ("fp64", "fp64", "fp64"),
+            ("fp32", "fp32", "fp32"), ("fp64", "fp32", "fp64"), ("bf16", "fp32", "fp32"), ("fp16", "fp32", "fp32"),
+            ("fp32", "tf32x3", "fp32"), ("fp32", "tf32x3", "fp64"), ("fp64", "tf32x3", "fp32"), ("bf16", "tf32x3", "fp32"),
+            ("fp16", "tf32x3", "fp32"), ("bf16", "native16", "fp32"), ("fp16", "native16", "fp64")]
+    mix = [("fp32", "fp32", "fp32", "ieee"), ("fp32", "fp32", "fp32", "tf32x3"), ("bf16", "fp32", "bf16", "ieee"),
+           ("bf16", "fp32", "bf16", "tf32x3"), ("bf16", "fp32", "bf16", "split16"), ("bf16", "fp32", "fp32", "split16"),
+           ("fp16", "fp32", "fp16", "split16"), ("fp16", "fp32", "fp16", "ieee"), ("fp64", "fp64", "fp64", "ieee")]
+    for arch in (80, 90):
+        for x, prec, out in gram:
+            cls = "fma" if prec == "fp32" else prec
+            for bp, bq in ((128, 16), (64, 64)):
+                ptrs = {"x_ptr": x, "pairs_ptr": "i64", "out_ptr": out}
+                builds.append((f"pair_gram x={x} {prec} out={out} BLOCK_P={bp} BLOCK_Q={bq} sm_{arch}",
+                               source(m._pair_gram_kernel, ptrs, {"BLOCK_P": bp, "BLOCK_Q": bq, "PRECISION": prec}), arch, 8, cls))
+            ptrs = {"x_ptr": x, "gj_ptr": "i64", "gk_ptr": "i64", "gt_ptr": "i64", "out_ptr": out}
+            builds.append((f"pair_gram_grouped x={x} {prec} out={out} G=4 BLOCK_P=64 BLOCK_Q=16 sm_{arch}",
+                           source(m._pair_gram_grouped_kernel, ptrs, {"G": 4, "BLOCK_P": 64, "BLOCK_Q": 16, "PRECISION": prec}), arch, 4, cls))
+        for x, t, out, prec in mix:
+            cls = "fp64" if x == "fp64" else ("fma" if prec == "ieee" else prec)
+            for bp, bq, br in ((128, 16, 16), (64, 32, 64)):
+                ptrs = {"x_ptr": x, "idx_ptr": "i64", "t_ptr": t, "out_ptr": out}
+                consts = {"BLOCK_P": bp, "BLOCK_Q": bq, "BLOCK_R": br, "PRECISION": prec}
+                builds.append((f"mix_lowrank x={x} t={t} out={out} {prec} BLOCK_P={bp} BLOCK_Q={bq} BLOCK_R={br} sm_{arch}",
+                               source(m._mix_lowrank_kernel, ptrs, consts), arch, 8, cls))
 except (ImportError, AttributeError, TypeError) as err:  # a Triton whose AOT API differs
     print("cannot set up the AOT build:", repr(err))
     sys.exit(77)
 
-for name, src, arch in builds:
+bad = []
+for name, src, arch, warps, cls in builds:
     print("building", name, flush=True)
-    triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": m._NUM_WARPS})
-print("all built")
+    ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps}).asm["ptx"]
+    tensor_core = "mma.sync" in ptx or "wgmma.mma_async" in ptx
+    if tensor_core != (cls != "fma") or (cls == "tf32x3" and "cvt.rna.tf32" not in ptx):
+        bad.append(f"{name}: expected {cls}, tensor-core MMA in PTX: {tensor_core}")
+if bad:
+    print("WRONG INSTRUCTIONS:\n" + "\n".join(bad))
+    sys.exit(1)
+print("all built", len(builds))
 """
 
 
@@ -447,7 +874,7 @@ def test_kernels_build_for_nvidia_gpus(tmp_path):
 
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
     proc = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT, str(_MODULE_PATH)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _AOT_SCRIPT, str(_MODULE_PATH)], env=env, capture_output=True, text=True, timeout=600
     )
     if proc.returncode == 77:
         pytest.skip(f"this Triton cannot build NVIDIA kernels here: {proc.stdout.strip()[-300:]}")
