@@ -500,11 +500,16 @@ def _launch(raw, tuned, grid_of, args, consts: dict, block_p: Optional[int], exp
     interpreter (tuned is None) -- the plain kernel at BLOCK_P = block_p or default_block_p with
     _NUM_WARPS warps and _NUM_STAGES stages. grid_of maps BLOCK_P to the launch grid; consts holds
     every other compile-time argument."""
-    if tuned is not None and not explicit:
+    if tuned is not None and not explicit and _AUTOTUNE:
         tuned[lambda meta: grid_of(meta["BLOCK_P"])](*args, **consts)
     else:
         bp = default_block_p if block_p is None else block_p
         raw[grid_of(bp)](*args, **consts, BLOCK_P=bp, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES)
+
+
+#: DECAF_TRITON_AUTOTUNE=0 launches the fixed default configs instead of autotuning (for quick test runs on a
+#: GPU: every new shape would otherwise benchmark all configs; the results are the same function).
+_AUTOTUNE = os.environ.get("DECAF_TRITON_AUTOTUNE", "1").strip() not in ("0", "false", "off", "no")
 
 
 def _layout_class(stride_p: int, stride_q: int) -> int:

@@ -1,0 +1,108 @@
+"""Times the CUDA small-core solvers: the one-problem-per-block kernel (_C_cuda.small_core_block), the
+one-problem-per-thread build (_C_cuda.small_core) and the PyTorch fallback (reference.small_core_torch).
+
+    python bench/small_core_timing.py [--reps 50] [--target float64]
+
+Random Grams (Gb = Bc^T Bc, Ga = Ac Ac^T of Gaussian factors, rank r = m // 3), CUDA events, median of
+`reps` timed launches after warm-up; prints one table row per (batch, m).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+CASES = [(2048, 48), (384, 24), (256, 64), (128, 128)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--target", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--skip-torch", action="store_true", help="do not time the (slow) PyTorch fallback")
+    ap.add_argument("--skip-thread", action="store_true", help="do not time the (slow) per-thread kernel")
+    ap.add_argument("--cases", default=None, help="comma list of batch x m, e.g. 2048x48,384x24 (default: all)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("small_core_timing: no CUDA device available (torch.cuda.is_available() is False); nothing to time.",
+              file=sys.stderr)
+        return 2
+    try:
+        import decaf_kernels  # noqa: F401
+    except ImportError:  # run from a source checkout: python bench/small_core_timing.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from decaf_kernels import _ext
+    from decaf_kernels.reference import small_core_torch
+
+    C = _ext.cuda_ext()
+    if C is None or not hasattr(C, "small_core_block"):
+        print(f"small_core_timing: decaf_kernels._C_cuda with small_core_block is not built ({_ext.status('_C_cuda')})",
+              file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def timed(fn, reps=None) -> float:
+        for _ in range(3 if reps is None else 1):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(args.reps if reps is None else reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+
+    print(f"# {torch.cuda.get_device_name()}  target={args.target}  alpha={args.alpha}  median of {args.reps} (torch: of 5) (ms)")
+    print(f"{'batch':>6} {'m':>4} {'rank':>4} | {'block':>9} {'per-thread':>11} {'torch':>9} | {'thread/block':>12} "
+          f"{'torch/block':>11} | {'max|S_blk-S_thr|/S1':>20}")
+    cases = CASES if not args.cases else [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
+    for batch, m in cases:
+        rank = max(1, m // 3)
+        B = torch.randn(batch, 2 * m, m, dtype=torch.float64, device=dev, generator=gen)
+        A = torch.randn(batch, m, 2 * m, dtype=torch.float64, device=dev, generator=gen)
+        gb = (B.mT @ B).contiguous()
+        ga = (A @ A.mT).contiguous()
+        x = torch.empty(batch, m, rank, dtype=torch.float64, device=dev)
+        y = torch.empty(batch, rank, m, dtype=torch.float64, device=dev)
+        s = torch.empty(batch, rank, dtype=torch.float64, device=dev)
+        info = torch.empty(batch, dtype=torch.int32, device=dev)
+        wd = C.small_core_block_work_doubles(m)
+        work = torch.empty(max(1, batch * wd), dtype=torch.float64, device=dev)
+        stream = torch.cuda.current_stream().cuda_stream
+
+        def block():
+            C.small_core_block(gb.data_ptr(), ga.data_ptr(), batch, m, rank, args.alpha, x.data_ptr(), y.data_ptr(),
+                               s.data_ptr(), info.data_ptr(), work.data_ptr() if wd else 0, args.target, stream)
+
+        twd, twi = C.small_core_work_sizes(m)
+        x2, y2, s2, info2 = torch.empty_like(x), torch.empty_like(y), torch.empty_like(s), torch.empty_like(info)
+        work2 = torch.empty(batch * twd, dtype=torch.float64, device=dev)
+        iwork2 = torch.empty(batch * twi, dtype=torch.int32, device=dev)
+
+        def per_thread():
+            C.small_core(gb.data_ptr(), ga.data_ptr(), batch, m, rank, args.alpha, x2.data_ptr(), y2.data_ptr(),
+                         s2.data_ptr(), info2.data_ptr(), work2.data_ptr(), iwork2.data_ptr(), stream)
+
+        def fallback():
+            small_core_torch(gb, ga, rank, args.alpha)
+
+        tb = timed(block)
+        tt = float("nan") if args.skip_thread else timed(per_thread)
+        tr = float("nan") if args.skip_torch else timed(fallback, reps=min(args.reps, 5))  # the fallback is slow (eigh + svd); fewer repetitions
+        diff = float("nan") if args.skip_thread else ((s - s2).abs().max() / s.abs().max()).item()
+        print(f"{batch:>6} {m:>4} {rank:>4} | {tb:>9.3f} {tt:>11.3f} {tr:>9.3f} | {tt / tb:>12.1f} {tr / tb:>11.1f} | "
+              f"{diff:>20.2e} | info: min {int(info.min())} mean {info.double().mean().item():.1f} max {int(info.max())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
