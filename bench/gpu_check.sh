@@ -39,34 +39,34 @@ if want bench; then
   lib="consensus_tsvd exact,consensus_tsvd exact (CUDA graph),consensus_tsvd randomized,mix_factors (DLoRA),factored_cholesky,factored_householder,dense_svd_lowrank"
   big="consensus_tsvd exact,consensus_tsvd exact (CUDA graph),mix_factors (DLoRA),factored_cholesky,dense_svd_lowrank"
   # dense + linalg.svd costs seconds per 4096 x 4096 product: timed (layer subset, extrapolated) on small only
-  timeout 80 $PY -m bench.compare --cases small --device cuda --budget 2 --out "$OUT" 2>&1 | tee "$OUT/compare_small.log" || status=1
-  timeout 60 $PY -m bench.compare --cases medium --device cuda --budget 2 --methods "$lib" --oracle-layers 1 --out "$OUT" 2>&1 \
+  timeout 60 $PY -m bench.compare --cases small --device cuda --budget 2 --out "$OUT" 2>&1 | tee "$OUT/compare_small.log" || status=1
+  timeout 50 $PY -m bench.compare --cases medium --device cuda --budget 2 --methods "$lib" --oracle-layers 1 --out "$OUT" 2>&1 \
       | tee "$OUT/compare_medium.log" || status=1
-  timeout 100 $PY -m bench.compare --cases large --device cuda --budget 2 --methods "$big" --oracle-layers 1 --out "$OUT" 2>&1 \
+  timeout 80 $PY -m bench.compare --cases large --device cuda --budget 2 --methods "$big" --oracle-layers 1 --out "$OUT" 2>&1 \
       | tee "$OUT/compare_large.log" || status=1
   step "comparison (bf16, large)"
-  timeout 60 $PY -m bench.compare --cases large --dtype bfloat16 --device cuda --budget 2 --oracle-layers 1 \
+  timeout 45 $PY -m bench.compare --cases large --dtype bfloat16 --device cuda --budget 2 --oracle-layers 1 \
       --methods "consensus_tsvd exact,consensus_tsvd exact (CUDA graph),mix_factors (DLoRA)" --out "$OUT" 2>&1 \
       | tee "$OUT/compare_large_bf16.log" || status=1
+fi
+
+if want test; then
+  step "GPU tests (fixed Triton configs: DECAF_TRITON_AUTOTUNE=0)"
+  DECAF_TRITON_AUTOTUNE=0 timeout ${TEST_TIMEOUT:-150} $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda_path.py \
+      tests/test_cuda_small_core.py tests/test_grouped.py tests/test_consensus_tsvd.py tests/test_triton_kernels.py \
+      -k "cuda or CUDA or gpu or GPU" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if want profile; then
   step profile
   for dt in float32 bfloat16; do
-    timeout 40 $PY -m bench.profile --case large --dtype $dt --w-on-host --reps 20 --rows 14 2>&1 | tee "$OUT/profile_large_$dt.log"
+    timeout 30 $PY -m bench.profile --case large --dtype $dt --w-on-host --reps 20 --rows 14 2>&1 | tee "$OUT/profile_large_$dt.log"
   done
-  timeout 20 $PY -m bench.profile --case small --w-on-host --reps 20 --rows 10 2>&1 | tee "$OUT/profile_small.log"
+  timeout 15 $PY -m bench.profile --case small --w-on-host --reps 20 --rows 10 2>&1 | tee "$OUT/profile_small.log"
   for tg in float32 float64; do
-    timeout 30 $PY bench/small_core_timing.py --skip-torch --skip-thread --target $tg --reps 20 2>&1 | tee -a "$OUT/small_core_timing.log"
+    timeout 20 $PY bench/small_core_timing.py --skip-torch --skip-thread --target $tg --reps 20 2>&1 | tee -a "$OUT/small_core_timing.log"
   done
-fi
-
-if want test; then
-  step "GPU tests (fixed Triton configs: DECAF_TRITON_AUTOTUNE=0)"
-  DECAF_TRITON_AUTOTUNE=0 timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda_path.py \
-      tests/test_cuda_small_core.py tests/test_grouped.py tests/test_consensus_tsvd.py tests/test_triton_kernels.py \
-      -k "cuda or CUDA or gpu or GPU" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -40
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 if want pytest-bench; then
