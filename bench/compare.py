@@ -423,6 +423,10 @@ def run_case(case: Case, methods: list, args, device: torch.device, dtype: torch
         if device.type == "cuda":
             torch.cuda.empty_cache()
         rows.append(row)
+        # one line per method as soon as it is measured: a run stopped midway still leaves its numbers in the log
+        print(f"  [{case.name}] {row.method}: {_fmt(row.time_ms, '.4g')} ms{'*' if row.extrapolated else ''}, "
+              f"opt err {_fmt(row.opt_error, '.2e')}{'; ' + row.notes if row.notes.startswith(('error', 'unavail')) else ''}",
+              flush=True)
     floor = Row(case.name, "floor", "measured", time_ms=nbytes / bandwidth * 1e3, gb_per_s=bandwidth / 1e9,
                 notes=f"{nbytes / 1e6:.1f} MB / {bandwidth / 1e9:.1f} GB/s copy bandwidth")
     rows.append(floor)
@@ -502,6 +506,9 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.flo
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+_SLOW = {"dense_svd", "factored_householder"}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -519,6 +526,8 @@ def parse_args(argv=None):
                    help="layers (from the first) whose (agent, layer) pairs the float64 oracle checks (default 2)")
     p.add_argument("--methods", default=None, help="comma list of method names to run (default: all); consensus_tsvd exact always "
                         "runs, it is the reference of the speed-up column")
+    p.add_argument("--skip-slow-above", default=None, metavar="CASE",
+                   help=f"do not run {', '.join(sorted(_SLOW))} on cases larger than CASE (they take seconds per call)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate", action="store_true", help="time the library ops with validate=True")
@@ -528,6 +537,8 @@ def parse_args(argv=None):
         p.error("need 1 <= --min-reps <= --reps")
     if args.min_layers < 1 or args.oracle_layers < 1:
         p.error("--min-layers and --oracle-layers must be >= 1")
+    if args.skip_slow_above is not None and args.skip_slow_above not in CASES:
+        p.error(f"--skip-slow-above: unknown case {args.skip_slow_above!r}; expected one of {sorted(CASES)}")
     return args
 
 
@@ -584,7 +595,11 @@ def main(argv=None) -> int:
     wall0 = time.perf_counter()
     for case in cases:
         t0 = time.perf_counter()
-        rows = run_case(case, methods, args, device, dtype, bandwidth, flush)
+        case_methods = methods
+        if args.skip_slow_above is not None and list(CASES).index(case.name) > list(CASES).index(args.skip_slow_above):
+            case_methods = [m if m.name not in _SLOW else Method(m.name, None, m.source, unavailable=(
+                f"not run above '{args.skip_slow_above}' (--skip-slow-above): seconds per call")) for m in methods]
+        rows = run_case(case, case_methods, args, device, dtype, bandwidth, flush)
         all_rows += rows
         print_table(case, rows, dtype_name, label)
         print(f"  ({time.perf_counter() - t0:.1f} s for this case, oracle: {rows[0].extra['oracle_pairs']} "
