@@ -7,12 +7,15 @@ from pathlib import Path
 import torch
 
 import decaf_kernels
+import decaf_kernels.grouped as grouped
 import decaf_kernels.ops as ops
 
 
 def test_docstring_examples():
     result = doctest.testmod(ops, extraglobs={"torch": torch, "decaf_kernels": decaf_kernels})
     assert result.attempted >= 10 and result.failed == 0, result
+    result = doctest.testmod(grouped, extraglobs={"torch": torch, "decaf_kernels": decaf_kernels})
+    assert result.attempted >= 3 and result.failed == 0, result
 
 
 def test_readme_example():
