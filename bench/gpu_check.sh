@@ -2,8 +2,8 @@
 # Everything the GPU needs checked, in one device call: build in place, the GPU test subset, the per-kernel
 # profile and the side-by-side comparison. Logs, JSON rows and plots go to $OUT (default bench/out/gpu).
 #
-#   bash bench/gpu_check.sh [all|build|bench|profile|test|pytest-bench|variants]...   (default: all = build, bench,
-#                                                                                  profile, test)
+#   bash bench/gpu_check.sh [all|build|bench|profile|test|pytest-bench|ncu|variants]...   (default: all = build,
+#                                                                                  bench, profile, test)
 #
 # Uses the python3 on PATH as is (the device image has torch, triton, pybind11 and nvcc; nothing is installed).
 # DECAF_CUDA_ARCHS defaults to 90 here (one architecture builds faster); the package's default is "80;90".
@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(all)
 status=0
-want() { for s in "${stages[@]}"; do { [ "$s" = all ] && [ "$1" != pytest-bench ] && [ "$1" != variants ]; } || [ "$s" = "$1" ] && return 0; done; return 1; }
+want() { for s in "${stages[@]}"; do { [ "$s" = all ] && [ "$1" != pytest-bench ] && [ "$1" != variants ] && [ "$1" != ncu ]; } || [ "$s" = "$1" ] && return 0; done; return 1; }
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 if want build || ! ls decaf_kernels/_C_cuda*.so >/dev/null 2>&1; then
@@ -73,9 +73,22 @@ if want pytest-bench; then
       --benchmark-columns=median,iqr,rounds --benchmark-json="$OUT/pytest_benchmark.json" 2>&1 | tail -20
 fi
 
+if want ncu; then
+  step "Nsight Compute: the small-core kernel on the large case's shape (2048 cores of 48 x 48)"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU" ]; then
+    timeout ${NCU_TIMEOUT:-240} "$NCU" --kernel-name regex:small_core_block --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis $PY bench/small_core_timing.py --cases 2048x48 --reps 1 --skip-thread \
+        --skip-torch --target float32 2>&1 | tee "$OUT/ncu_small_core.log" | tail -80
+  else
+    echo "ncu not found"
+  fi
+fi
+
 if want variants; then
   step "Triton variants (large)"
-  timeout ${VARIANTS_TIMEOUT:-120} $PY gpu_scratch/probe2.py 2>&1 | tee "$OUT/variants.log"
+  timeout ${VARIANTS_TIMEOUT:-240} $PY -m bench.triton_variants --case large 2>&1 | tee "$OUT/variants.log"
 fi
 # at most 8 files come back from a device call: everything but the plots and rows also goes into one archive
 tar -czf "$OUT/logs.tgz" -C "$OUT" $(cd "$OUT" && ls *.log *.txt *.json 2>/dev/null) 2>/dev/null
