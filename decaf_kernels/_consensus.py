@@ -125,20 +125,28 @@ def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
     return plan
 
 
-def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
-    """Per-slot coefficients for data without per-agent scales (every dtype but float64), cached in the plan:
-    assembly products of the B and A sides, reconstruction factors gb, ga and the scale of S."""
-    hit = pl.coefs.get(alpha)
-    if hit is not None:
-        return hit
-    _not_while_capturing(pl.idx.device)
-    wb = (pl.weights * pl.active)[None]  # (1, Nu, D): weight of each B slot
+def _slot_coefs(wb: torch.Tensor, ca: torch.Tensor, r: int, alpha: float):
+    """Per-slot coefficients from wb (weight x scale of each B slot) and ca (scale of each A slot), (L or 1, Nu, D):
+    the assembly products of both sides (normalised by the row maxima hb, ha), the reconstruction factors gb, ga that
+    undo the normalisation (Bc = hb Bc~, Ac = ha Ac~ => S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha,
+    A' = (hb ha)^(1 - alpha) Y~ Ac~) and the scale hb ha of S."""
     hb = wb.abs().amax(-1, keepdim=True)
+    ha = ca.abs().amax(-1, keepdim=True)
     hb = torch.where(hb > 0, hb, torch.ones_like(hb))
-    ca = pl.active[None]
-    out = (_outer_coef(wb / hb, r), _outer_coef(ca, r), (wb / hb) * hb.pow(alpha), ca * hb.pow(1.0 - alpha), hb)
-    pl.coefs[alpha] = out
-    return out
+    ha = torch.where(ha > 0, ha, torch.ones_like(ha))
+    gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))
+    ga = (ca / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
+    return _outer_coef(wb / hb, r), _outer_coef(ca / ha, r), gb, ga, hb * ha
+
+
+def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
+    """:func:`_slot_coefs` for data without per-agent scales (every dtype but float64): they depend on W alone, so
+    they are made once per (W, device, r, alpha) and cached in the plan."""
+    hit = pl.coefs.get(alpha)
+    if hit is None:
+        _not_while_capturing(pl.idx.device)
+        hit = pl.coefs[alpha] = _slot_coefs((pl.weights * pl.active)[None], pl.active[None], r, alpha)
+    return hit
 
 
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
@@ -170,16 +178,7 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         As = Af / ca[:, :, None, None].to(Af.dtype)
         cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
         ca_slot = ca[slot].permute(2, 0, 1) * active
-        wb = w[None] * cb_slot  # (L, Nu, D): weight x scale of each B slot
-        hb = wb.abs().amax(-1, keepdim=True)
-        ha = ca_slot.abs().amax(-1, keepdim=True)
-        hb = torch.where(hb > 0, hb, torch.ones_like(hb))
-        ha = torch.where(ha > 0, ha, torch.ones_like(ha))
-        outer_b = _outer_coef(wb / hb, r)
-        outer_a = _outer_coef(ca_slot / ha, r)
-        gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))  # (L, Nu, D)
-        ga = (ca_slot / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
-        s_scale = hb * ha
+        outer_b, outer_a, gb, ga, s_scale = _slot_coefs(w[None] * cb_slot, ca_slot, r, alpha)
     else:
         # no per-layer scales: every coefficient depends on W alone, so it is made once per (W, device, r, alpha)
         Bs, As = Bf, Af
@@ -195,12 +194,10 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
                                   check_convergence=report_non_finite is not None or dev.type == "cpu")
     # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
-    # Undo the normalisation (gb, ga, s_scale above): Bc = hb * Bc~, Ac = ha * Ac~  =>  S = hb ha S~,
-    # B' = Bc~ X~ (hb ha)^alpha, A' = (hb ha)^(1 - alpha) Y~ Ac~
-    S = S * s_scale
+    S = S * s_scale  # undo the normalisation (see _slot_coefs)
     R = X.shape[-1]
-    T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None].to(X.dtype)).to(cd).permute(1, 0, 2, 3, 4)
-    T_A = (Y.reshape(L, Nu, R, D, r) * ga[:, :, None, :, None].to(Y.dtype)).to(cd).permute(1, 0, 3, 4, 2)
+    T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None]).to(cd).permute(1, 0, 2, 3, 4)
+    T_A = (Y.reshape(L, Nu, R, D, r) * ga[:, :, None, :, None]).to(cd).permute(1, 0, 3, 4, 2)
     od = cd if out_dtype is None else out_dtype
     B_new = torch.empty((Nu, L, d, R), dtype=od, device=dev)
     A_new = torch.empty((Nu, L, R, k), dtype=od, device=dev)

@@ -845,3 +845,6 @@ def test_module_reports_its_configuration():
     assert _C.max_threads() >= 1
     assert _C.SMALL_CORE_MAX_M >= 256
     assert _C.INFO_NO_CONVERGENCE == -2
+    from decaf_kernels import _backend
+
+    assert _backend._INFO_NO_CONVERGENCE == _C.INFO_NO_CONVERGENCE  # the CUDA path's copy of the status code
