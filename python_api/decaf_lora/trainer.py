@@ -1,0 +1,435 @@
+"""The reference training loop: N simulated agents, one shared frozen model, stacked adapters.
+
+A round is ``comm_every`` local optimizer steps per agent (each on its own data), then one communication step
+of the algorithm, then (every ``eval_every`` rounds and at the end) an evaluation on the shared test set:
+every agent's accuracy, and the accuracy of the averaged model. Everything a round measured goes to a JSONL log.
+A checkpoint (every ``checkpoint_every`` rounds, written atomically) holds the stacks, every agent's optimizer,
+the data samplers and the RNG state, so ``resume=True`` continues bit-for-bit where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+import decaf_kernels
+
+from . import data as D
+from .adapters import AgentStacks
+from .algorithms import make_algorithm
+from .config import DATA_BUILTIN, TrainConfig
+from .graphs import Topology
+from .models import build_lora_classifier, load_tokenizer, pick_device, write_export_info
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, fsync it, then rename over ``path``: a crash leaves either
+    the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "decaf_kernels": decaf_kernels.__version__}
+
+
+class Experiment:
+    """What every algorithm of a comparison shares: the data, its partition, the tokenizer and the graph.
+
+    Raises (before any training): FileNotFoundError for missing data or model files, ValueError for a graph that
+    is not connected, a partition that leaves an agent without data, and the like.
+    """
+
+    def __init__(self, config: TrainConfig, *, log: Callable[[str], None] = print):
+        self.config = c = config
+        if c.data == DATA_BUILTIN:
+            full = D.load_wordnet_supersenses(c.wordnet_path)
+            self.train, self.test = D.balanced_split(full, c.train_size, c.test_size, seed=c.seed)
+            source = f"WordNet noun supersenses ({c.wordnet_path}): {len(full)} synsets, {full.num_classes} classes"
+        else:
+            full = D.load_text_file(c.data, text_column=c.text_column, label_column=c.label_column)
+            if c.test_data:
+                self.train = full
+                self.test = D.load_text_file(c.test_data, text_column=c.text_column, label_column=c.label_column,
+                                             label_names=full.label_names)
+            else:
+                self.train, self.test = D.train_test_split(full, c.test_fraction, seed=c.seed)
+            source = f"{c.data}: {len(full)} examples, {full.num_classes} classes"
+        self.label_names = list(self.train.label_names)
+        self.topology = Topology.build(c.graph, c.agents, weights=c.weights, time_varying=c.time_varying, p=c.er_p,
+                                       seed=c.seed, adjacency_source=c.adjacency)
+        self.parts = D.partition(self.train.labels, c.agents, c.partition, alpha=c.dirichlet_alpha,
+                                 shards_per_agent=c.shards_per_agent, seed=c.seed)
+        self.tokenizer = load_tokenizer(c.model)
+        self.train_tok = D.TokenizedDataset(self.train, self.tokenizer, max_length=c.max_length)
+        self.test_tok = D.TokenizedDataset(self.test, self.tokenizer, max_length=c.max_length)
+        # evaluation batches of similar lengths pad less
+        order = torch.argsort(self.test_tok.lengths, stable=True)
+        self.test_batches = list(torch.split(order, c.eval_batch_size))
+        self.partition_summary = D.partition_summary(self.train.labels, self.parts, self.train.num_classes)
+        topo = self.topology.describe()
+        sizes = self.partition_summary["sizes"]
+        log(f"data: {source}; train {len(self.train)}, test {len(self.test)}; {c.partition} partition over "
+            f"{c.agents} agents (sizes {min(sizes)}-{max(sizes)}, classes per agent "
+            f"{min(self.partition_summary['classes_per_agent'])}-{max(self.partition_summary['classes_per_agent'])})")
+        log(f"graph: {topo['name']} with {topo['edges']} edges, {c.weights} weights, spectral gap "
+            f"{topo['spectral_gap']:.4f}" + (f", time-varying {c.time_varying}" if c.time_varying else ""))
+
+    def describe(self) -> dict:
+        return {"train_size": len(self.train), "test_size": len(self.test), "label_names": self.label_names,
+                "partition": self.partition_summary, "topology": self.topology.describe()}
+
+
+@dataclass
+class RunResult:
+    algorithm: str
+    history: List[dict]
+    out_dir: Path
+    config: TrainConfig
+    summary: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains ``config.algorithm`` on an :class:`Experiment`.
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        experiment: shared data and graph (built from ``config`` when None).
+        log: where one-line messages go (``print`` by default).
+    """
+
+    def __init__(self, config: TrainConfig, experiment: Optional[Experiment] = None, *,
+                 log: Callable[[str], None] = print):
+        self.config = c = config
+        self.log = log
+        self.exp = experiment if experiment is not None else Experiment(config, log=log)
+        self.device = pick_device(c.device)
+        self.out_dir = Path(c.out_dir) / c.algorithm
+        self.algorithm = make_algorithm(c.algorithm, split=c.split, consensus_method=c.consensus_method,
+                                        moments=c.moments)
+        self.model = build_lora_classifier(c.model, len(self.exp.label_names), rank=c.rank, lora_alpha=c.lora_alpha,
+                                           target_modules=c.target_modules, lora_dropout=c.lora_dropout,
+                                           use_rslora=c.rslora, seed=c.seed).to(self.device)
+        self.stacks = AgentStacks(self.model, c.agents, device=self.device)
+        self.stacks.set_train_A(self.algorithm.trains_A)
+        self.params = [self.stacks.agent_parameters(i, include_A=self.algorithm.trains_A) for i in range(c.agents)]
+        self.optimizers = [torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay) for p in self.params]
+        self.sampler = D.AgentSampler(self.exp.parts, c.batch_size, seed=c.seed)
+        self.history: List[dict] = []
+        self.round = 0
+        self.bytes_total = 0
+        self.wall_time = 0.0
+        # the dropout stream of the local steps (the model init above used torch.manual_seed(seed))
+        torch.manual_seed(c.seed + 1)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _local_steps(self, i: int) -> List[float]:
+        c = self.config
+        losses = []
+        self.stacks.load_agent(i)
+        for _ in range(c.comm_every):
+            batch = self.exp.train_tok.batch(self.sampler.next_batch(i), device=self.device)
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = F.cross_entropy(logits.float(), batch["labels"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"agent {i}: the training loss is {loss.item()} at round {self.round + 1}; "
+                                         f"lower lr (now {c.lr}) or set max_grad_norm")
+            loss.backward()
+            self.stacks.gather_grads(self.params[i], include_A=self.algorithm.trains_A)
+            if c.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params[i], c.max_grad_norm)
+            self.optimizers[i].step()
+            self.optimizers[i].zero_grad(set_to_none=True)
+            self.stacks.load_agent(i)  # the step changed agent i's slot of the stacks
+            losses.append(float(loss.detach()))
+        return losses
+
+    def _reset_factor_moments(self) -> None:
+        n_factor = sum(2 if self.algorithm.trains_A else 1 for _ in self.stacks.groups)
+        for opt, params in zip(self.optimizers, self.params):
+            for p in params[:n_factor]:
+                opt.state.pop(p, None)
+
+    # ------------------------------------------------------------------------------------------------ metrics
+    def consensus_metrics(self) -> dict:
+        """Consensus distance of the agents' weight updates s*B*A (all layers), absolute and relative to the norm
+        of their mean."""
+        sq_dist, sq_mean = 0.0, 0.0
+        for sB, A in self.stacks.scaled():
+            cd = decaf_kernels.consensus_distance(sB, A).double()  # (L,)
+            GB = sB.mT @ sB
+            GA = A @ A.mT
+            mean_sq_norm = (GB * GA).sum((-1, -2)).mean(0)  # (L,): mean_i ||P_i||^2
+            sq_dist += float((cd**2).sum())
+            sq_mean += float((mean_sq_norm - cd**2).clamp(min=0).sum())  # ||mean_i P_i||^2
+        dist = math.sqrt(sq_dist)
+        return {"consensus_distance": dist,
+                "consensus_distance_rel": dist / math.sqrt(sq_mean) if sq_mean > 0 else None}
+
+    def interference(self, W: torch.Tensor) -> float:
+        """Mean over agents and layers of DLoRA's relative interference under W on the current factors."""
+        vals = [decaf_kernels.interference(sB, A, W.to(sB.device), relative=True).flatten()
+                for sB, A in self.stacks.scaled()]
+        return float(torch.cat(vals).mean())
+
+    def averaged_adapter(self):
+        """Per group the rank-r truncated SVD of the agents' mean product (slot 0 of an all-to-all consensus),
+        and the mean of the dense parameters: the model that ``test_acc_avg_model`` evaluates and that
+        ``export(agent="average")`` writes."""
+        J = torch.full((self.config.agents,) * 2, 1.0 / self.config.agents, dtype=torch.float64)
+        factors = []
+        with torch.no_grad():
+            for g in self.stacks.groups:
+                B, A = decaf_kernels.consensus_tsvd(g.B, g.A, J, split=self.config.split)
+                factors.append((B[0], A[0]))
+            dense = {n: t.mean(0) for n, t in self.stacks.dense.items()}
+        return factors, dense
+
+    @torch.no_grad()
+    def _accuracy_of_loaded(self) -> tuple[float, float]:
+        correct, loss_sum, total = 0, 0.0, 0
+        for idx in self.exp.test_batches:
+            batch = self.exp.test_tok.batch(idx, device=self.device)
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            total += len(idx)
+        return correct / total, loss_sum / total
+
+    def evaluate(self) -> dict:
+        """Test accuracy and loss of every agent, and of the averaged model."""
+        self.model.eval()
+        accs, losses = [], []
+        for i in range(self.config.agents):
+            self.stacks.load_agent(i)
+            acc, loss = self._accuracy_of_loaded()
+            accs.append(acc)
+            losses.append(loss)
+        self.stacks.load_factors(*self.averaged_adapter())
+        acc_avg, _ = self._accuracy_of_loaded()
+        self.model.train()
+        return {"test_acc_mean": sum(accs) / len(accs), "test_acc_min": min(accs), "test_acc_max": max(accs),
+                "test_loss_mean": sum(losses) / len(losses), "test_acc_avg_model": acc_avg, "test_acc": accs}
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def run(self, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+        """Train for ``config.rounds`` rounds.
+
+        Args:
+            resume: continue from ``<out_dir>/<algorithm>/checkpoint.pt`` when it exists.
+            overwrite: start over even though that folder holds a checkpoint of an earlier run (without it,
+                that is an error, so that a forgotten ``--resume`` never destroys a run).
+        """
+        c = self.config
+        ckpt_path = self.out_dir / "checkpoint.pt"
+        log_path = self.out_dir / "log.jsonl"
+        if resume and ckpt_path.exists():
+            self.load_checkpoint(ckpt_path)
+            self.log(f"{c.algorithm}: resumed from {ckpt_path} at round {self.round}")
+        elif ckpt_path.exists() and not overwrite:
+            raise FileExistsError(f"{ckpt_path} holds a checkpoint of an earlier run: pass resume=True (--resume) to "
+                                  "continue it, overwrite=True (--overwrite) to start over, or another out_dir")
+        elif resume:
+            self.log(f"{c.algorithm}: no checkpoint in {self.out_dir}, starting from round 0")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        header = {"event": "start", "algorithm": c.algorithm, "config": c.to_dict(), "experiment": self.exp.describe(),
+                  "adapters": self.stacks.describe(), "device": str(self.device), "versions": _versions()}
+        lines = [header] + [dict(event="round", **h) for h in self.history]
+        atomic_write_bytes(log_path, lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in lines)))
+        bar = _progress(c, self.round)
+        last_eval = next((h for h in reversed(self.history) if h.get("test_acc_mean") is not None), None)
+        with open(log_path, "a") as log_file:
+            while self.round < c.rounds:
+                t0 = time.perf_counter()
+                self.model.train()
+                losses = []
+                for i in range(c.agents):
+                    losses.extend(self._local_steps(i))
+                W = self.algorithm.mixing(self.exp.topology, self.round)
+                rec = {"round": self.round + 1, "algorithm": c.algorithm,
+                       "train_loss": sum(losses) / len(losses),
+                       "interference_rel": self.interference(W) if W is not None else None}
+                if W is not None:
+                    self.algorithm.communicate(self.stacks, W)
+                    if self.algorithm.refactorizes and c.moments == "reset":
+                        self._reset_factor_moments()
+                sent = self.algorithm.bytes_sent(self.stacks, W)
+                self.bytes_total += sent
+                rec.update(self.consensus_metrics())
+                self.round += 1
+                if self.round % c.eval_every == 0 or self.round == c.rounds:
+                    last_eval = self.evaluate()
+                    rec.update(last_eval)
+                else:
+                    rec.update({"test_acc_mean": None, "test_acc_min": None, "test_acc_avg_model": None})
+                self.wall_time += time.perf_counter() - t0
+                rec.update({"bytes": sent, "bytes_total": self.bytes_total, "wall_time": round(self.wall_time, 3)})
+                self.history.append(rec)
+                log_file.write(json.dumps(dict(event="round", **rec)) + "\n")
+                log_file.flush()
+                if c.checkpoint_every and (self.round % c.checkpoint_every == 0 or self.round == c.rounds):
+                    self.save_checkpoint(ckpt_path)
+                bar.update(1)
+                post = {"loss": f"{rec['train_loss']:.3f}"}
+                if last_eval is not None:
+                    post["acc"] = f"{last_eval['test_acc_mean']:.3f}"
+                if rec["consensus_distance_rel"] is not None:
+                    post["cdist"] = f"{rec['consensus_distance_rel']:.2e}"
+                bar.set_postfix(post, refresh=False)
+        bar.close()
+        return RunResult(c.algorithm, self.history, self.out_dir, c, summarise(self.history))
+
+    # ------------------------------------------------------------------------------------------------ state
+    def checkpoint_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"format": CHECKPOINT_FORMAT, "algorithm": self.config.algorithm, "config": self.config.to_dict(),
+                "run_hash": self.config.run_hash(), "round": self.round, "stacks": self.stacks.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers], "sampler": self.sampler.state_dict(),
+                "rng": rng, "history": self.history, "bytes_total": self.bytes_total, "wall_time": self.wall_time}
+
+    def save_checkpoint(self, path: Union[str, Path]) -> None:
+        """Write the full training state atomically (temporary file, fsync, rename)."""
+        state = self.checkpoint_state()
+        atomic_write_bytes(Path(path), lambda p: torch.save(state, p))
+
+    def load_checkpoint(self, path: Union[str, Path]) -> None:
+        """Restore a checkpoint of this run. ValueError (nothing changed) if it belongs to another run."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a decaf_lora checkpoint of format {CHECKPOINT_FORMAT}")
+        if state["algorithm"] != self.config.algorithm:
+            raise ValueError(f"checkpoint {path} is of algorithm {state['algorithm']!r}, this run is "
+                             f"{self.config.algorithm!r}")
+        if state["run_hash"] != self.config.run_hash():
+            diff = self.config.differences(state["config"])
+            detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"checkpoint {path} was written by a run with another configuration ({detail}); "
+                             "use another out_dir or the same settings")
+        if state["round"] > self.config.rounds:
+            raise ValueError(f"checkpoint {path} is at round {state['round']}, beyond rounds={self.config.rounds}")
+        self.stacks.load_state_dict(state["stacks"])
+        for opt, sd in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.history = list(state["history"])
+        self.round = int(state["round"])
+        self.bytes_total = int(state["bytes_total"])
+        self.wall_time = float(state["wall_time"])
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export(self, path: Union[str, Path], agent: Union[int, str] = "average") -> Path:
+        """Write agent ``agent``'s adapter (or the averaged one) with peft's ``save_pretrained``, atomically.
+
+        Load it back with :func:`decaf_lora.load_exported` or ``peft.PeftModel.from_pretrained`` on an
+        :class:`~decaf_lora.models.EncoderClassifier` of the same base model.
+        """
+        path = Path(path)
+        if agent == "average":
+            self.stacks.load_factors(*self.averaged_adapter())
+        elif isinstance(agent, int) and not isinstance(agent, bool) and 0 <= agent < self.config.agents:
+            self.stacks.load_agent(agent)
+        else:
+            raise ValueError(f"agent must be 'average' or an agent index in [0, {self.config.agents}), got {agent!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.model.save_pretrained(str(tmp))
+            write_export_info(tmp, {"model": self.config.model, "label_names": self.exp.label_names,
+                                    "agent": agent, "algorithm": self.config.algorithm, "round": self.round,
+                                    "max_length": self.config.max_length})
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                _rmtree(old)
+        finally:
+            if tmp.exists():
+                _rmtree(tmp)
+        return path
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def _progress(config: TrainConfig, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.rounds, initial=start, desc=f"{config.algorithm:<9}", unit="round",
+                disable=not config.progress, dynamic_ncols=True, leave=True)
+
+
+def summarise(history: List[dict]) -> dict:
+    """The final row of a run: its last evaluated metrics, last consensus distance, bytes and time."""
+    if not history:
+        return {}
+    last = history[-1]
+    ev = next((h for h in reversed(history) if h.get("test_acc_mean") is not None), {})
+    return {"rounds": last["round"], "train_loss": last["train_loss"],
+            "test_acc_mean": ev.get("test_acc_mean"), "test_acc_min": ev.get("test_acc_min"),
+            "test_acc_avg_model": ev.get("test_acc_avg_model"),
+            "consensus_distance": last["consensus_distance"], "consensus_distance_rel": last["consensus_distance_rel"],
+            "interference_rel": last["interference_rel"], "bytes_total": last["bytes_total"],
+            "wall_time": last["wall_time"]}
+
+
+def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is trained, to start over where checkpoints of earlier runs exist."""
+    if resume or overwrite:
+        return
+    found = [Path(config.out_dir) / a / "checkpoint.pt" for a in algorithms]
+    found = [str(p) for p in found if p.exists()]
+    if found:
+        raise FileExistsError(f"{', '.join(found)} hold checkpoints of an earlier run: pass --resume to continue, "
+                              "--overwrite to start over, or another --out-dir")
+
+
+def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resume: bool = False,
+            overwrite: bool = False, log: Callable[[str], None] = print) -> List[RunResult]:
+    """Run several algorithms on the same data, partition, graph, initialisation and seed."""
+    algorithms = list(algorithms or config.algorithms)
+    check_out_dir(config, algorithms, resume=resume, overwrite=overwrite)
+    exp = Experiment(config, log=log)
+    results = []
+    for name in algorithms:
+        trainer = Trainer(config.replace(algorithm=name), exp, log=log)
+        results.append(trainer.run(resume=resume, overwrite=overwrite))
+    return results
