@@ -41,7 +41,7 @@ class TrainConfig:
     text_column: str = "text"
     label_column: str = "label"
     train_size: int = 2000  # built-in task: examples picked class-balanced for training ...
-    test_size: int = 520  # ... and for the test set
+    test_size: int = 260  # ... and for the test set (10 per class)
     test_fraction: float = 0.2
     max_length: int = 32
     partition: str = "dirichlet"
@@ -55,10 +55,11 @@ class TrainConfig:
     time_varying: Optional[str] = None
     er_p: float = 0.3
     # optimisation
-    rounds: int = 30
+    rounds: int = 20
     comm_every: int = 2  # local steps between communications (one round = comm_every steps per agent)
     batch_size: int = 16
-    lr: float = 2e-3
+    length_grouping: int = 8  # batches drawn from runs of 8 * batch_size examples sorted by length (0: off)
+    lr: float = 5e-3
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0
     moments: str = "procrustes"
@@ -104,6 +105,8 @@ class TrainConfig:
             need(isinstance(val, int) and not isinstance(val, bool) and val >= 1,
                  f"{name} must be a positive integer, got {val!r}")
         need(self.agents >= 2, f"agents must be >= 2 for a decentralised run, got {self.agents}")
+        need(isinstance(self.length_grouping, int) and self.length_grouping >= 0,
+             f"length_grouping must be an integer >= 0 (0 or 1: off), got {self.length_grouping!r}")
         need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
              f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {self.checkpoint_every!r}")
         need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")

@@ -900,13 +900,19 @@ class AgentSampler:
 
     _SEED_STRIDE = 1_000_003
 
-    def __init__(self, parts: Sequence[torch.Tensor], batch_size: int, *, seed: int = 0) -> None:
+    def __init__(self, parts: Sequence[torch.Tensor], batch_size: int, *, seed: int = 0,
+                 lengths: torch.Tensor | None = None, length_grouping: int = 0) -> None:
         """Set up the streams.
 
         Args:
             parts: Each agent's dataset indices (non-empty 1-D integer tensors), e.g. from :func:`partition`.
             batch_size: Examples per batch, >= 1.
             seed: Non-negative seed.
+            lengths: Sequence length of every dataset example (indexed by dataset index), for length grouping.
+            length_grouping: With ``lengths``, g >= 2 groups each run of ``g * batch_size`` consecutive examples of
+                an epoch's permutation by length and serves that run's batches in a random order, so a batch pads
+                to less (batches stay random draws of the agent's data; only their composition within a run is
+                sorted). 0 or 1: off.
         """
         if isinstance(parts, torch.Tensor) or not isinstance(parts, Sequence) or len(parts) == 0:
             raise TypeError("parts must be a non-empty list of 1-D integer tensors, one per agent")
@@ -916,6 +922,13 @@ class AgentSampler:
                 raise ValueError(f"parts[{a}] is empty: every agent needs at least one example")
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seed = _check_seed(seed)
+        self.length_grouping = _check_int("length_grouping", length_grouping, 0)
+        self.lengths = None
+        if lengths is not None and self.length_grouping > 1:
+            self.lengths = torch.as_tensor(lengths).reshape(-1)
+            top = max(int(p.max()) for p in self.parts)
+            if self.lengths.numel() <= top:
+                raise ValueError(f"lengths has {self.lengths.numel()} entries but parts index example {top}")
         self._gens = [_generator(self.seed * self._SEED_STRIDE + a) for a in range(len(self.parts))]
         self._perms: list[torch.Tensor | None] = [None] * len(self.parts)
         self._pos = [0] * len(self.parts)
@@ -945,7 +958,7 @@ class AgentSampler:
         part = self.parts[a]
         perm = self._perms[a]
         if perm is None or self._pos[a] >= perm.numel():
-            perm = torch.randperm(part.numel(), generator=self._gens[a])
+            perm = self._epoch_order(a)
             self._perms[a] = perm
             self._pos[a] = 0
         start = self._pos[a]
@@ -954,6 +967,23 @@ class AgentSampler:
         if stop >= perm.numel():
             self._epochs[a] += 1
         return part[perm[start:stop]]
+
+    def _epoch_order(self, a: int) -> torch.Tensor:
+        gen = self._gens[a]
+        perm = torch.randperm(self.parts[a].numel(), generator=gen)
+        if self.lengths is None:
+            return perm
+        span = self.length_grouping * self.batch_size
+        out = []
+        for s in range(0, perm.numel(), span):
+            run = perm[s:s + span]
+            run = run[torch.argsort(self.lengths[self.parts[a][run]], descending=True, stable=True)]
+            batches = list(torch.split(run, self.batch_size))
+            full = [b for b in batches if b.numel() == self.batch_size]
+            short = [b for b in batches if b.numel() < self.batch_size]  # only the epoch's last batch can be short
+            out.extend(full[k] for k in torch.randperm(len(full), generator=gen).tolist())
+            out.extend(short)
+        return torch.cat(out)
 
     def epochs(self, agent: int) -> int:
         """The number of epochs ``agent`` has completed (its last batch served)."""
@@ -969,6 +999,7 @@ class AgentSampler:
             "version": 1,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "length_grouping": self.length_grouping if self.lengths is not None else 0,
             "part_sizes": [int(p.numel()) for p in self.parts],
             "generator_states": [g.get_state().clone() for g in self._gens],
             "permutations": [None if p is None else p.clone() for p in self._perms],
@@ -1004,6 +1035,9 @@ class AgentSampler:
             )
         if int(state["batch_size"]) != self.batch_size:
             raise ValueError(f"state has batch_size={state['batch_size']}, this sampler has {self.batch_size}")
+        grouping = self.length_grouping if self.lengths is not None else 0
+        if int(state.get("length_grouping", 0)) != grouping:
+            raise ValueError(f"state has length_grouping={state.get('length_grouping', 0)}, this sampler has {grouping}")
         n = len(sizes)
         for k in ("generator_states", "permutations", "positions", "epochs"):
             if len(state[k]) != n:

@@ -139,7 +139,8 @@ class Trainer:
         self.stacks.set_train_A(self.algorithm.trains_A)
         self.params = [self.stacks.agent_parameters(i, include_A=self.algorithm.trains_A) for i in range(c.agents)]
         self.optimizers = [torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay) for p in self.params]
-        self.sampler = D.AgentSampler(self.exp.parts, c.batch_size, seed=c.seed)
+        self.sampler = D.AgentSampler(self.exp.parts, c.batch_size, seed=c.seed, lengths=self.exp.train_tok.lengths,
+                                      length_grouping=c.length_grouping)
         self.history: List[dict] = []
         self.round = 0
         self.bytes_total = 0
