@@ -71,11 +71,13 @@ def plot(histories: dict, path: Path, *, title: str = "") -> None:
         if cd:
             ax_cd.semilogy(*zip(*cd), "-", color=color, label=name)
     ax_acc.set_xlabel("round")
-    ax_acc.set_ylabel("test accuracy (solid: agents' mean, dotted: averaged model)")
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.set_title("solid: mean over agents; dotted: averaged model", fontsize=9)
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
     ax_cd.set_xlabel("round")
     ax_cd.set_ylabel("consensus distance of s*B*A (relative)")
+    ax_cd.set_title("after communication (server methods: 0, not drawn)", fontsize=9)
     ax_cd.grid(alpha=0.3, which="both")
     ax_cd.legend()
     if title:
