@@ -519,3 +519,29 @@ def test_cuda_run_matches_cpu_consensus(tiny_model, tiny_csv, tmp_path):
     res = tr.run()
     assert res.history[-1]["test_acc_mean"] is not None
     assert all(g.B.is_cuda for g in tr.stacks.groups)
+
+
+def test_hugging_face_datasets_through_experiment(tiny_model, tiny_csv, tmp_path):
+    from decaf_lora.data import from_hf, load_text_file
+
+    class FakeHF:  # the part of datasets.Dataset that from_hf reads
+        def __init__(self, rows):
+            self.rows = rows
+            self.column_names = ["text", "label"]
+
+        def __len__(self):
+            return len(self.rows["text"])
+
+        def __getitem__(self, col):
+            return self.rows[col]
+
+    ds = load_text_file(tiny_csv)
+    rows = {"text": ds.texts, "label": [ds.label_names[i] for i in ds.labels.tolist()]}
+    train, test = from_hf(FakeHF(rows)), from_hf(FakeHF({k: v[:40] for k, v in rows.items()}))
+    cfg = tiny_config(tiny_model, tiny_csv, tmp_path, data="ignored-when-datasets-are-given", rounds=1)
+    exp = Experiment(cfg, train=train, test=test, log=lambda *_: None)
+    assert len(exp.test) == 40 and exp.label_names == sorted(CLASSES)
+    res = compare(cfg, ["dlora"], experiment=exp, log=lambda *_: None)
+    assert res[0].history[-1]["test_acc_mean"] is not None
+    with pytest.raises(ValueError, match="both train and test"):
+        Experiment(cfg, train=train, log=lambda *_: None)

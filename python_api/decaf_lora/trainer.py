@@ -61,13 +61,25 @@ def _versions() -> dict:
 class Experiment:
     """What every algorithm of a comparison shares: the data, its partition, the tokenizer and the graph.
 
+    The data come from ``config.data`` (the built-in task or a CSV/JSONL file), or from ``train`` and ``test``
+    :class:`~decaf_lora.data.TextDataset` objects (e.g. ``decaf_lora.data.from_hf(hf_dataset)``).
+
     Raises (before any training): FileNotFoundError for missing data or model files, ValueError for a graph that
     is not connected, a partition that leaves an agent without data, and the like.
     """
 
-    def __init__(self, config: TrainConfig, *, log: Callable[[str], None] = print):
+    def __init__(self, config: TrainConfig, *, train: Optional[D.TextDataset] = None,
+                 test: Optional[D.TextDataset] = None, log: Callable[[str], None] = print):
         self.config = c = config
-        if c.data == DATA_BUILTIN:
+        if (train is None) != (test is None):
+            raise ValueError("pass both train and test datasets, or neither (then config.data is read)")
+        if train is not None:
+            if train.label_names != test.label_names:
+                raise ValueError(f"train and test have different label names: {train.label_names[:5]}... vs "
+                                 f"{test.label_names[:5]}...")
+            self.train, self.test = train, test
+            source = f"given datasets: {train.num_classes} classes"
+        elif c.data == DATA_BUILTIN:
             full = D.load_wordnet_supersenses(c.wordnet_path)
             self.train, self.test = D.balanced_split(full, c.train_size, c.test_size, seed=c.seed)
             source = f"WordNet noun supersenses ({c.wordnet_path}): {len(full)} synsets, {full.num_classes} classes"
@@ -424,11 +436,13 @@ def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, o
 
 
 def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resume: bool = False,
-            overwrite: bool = False, log: Callable[[str], None] = print) -> List[RunResult]:
-    """Run several algorithms on the same data, partition, graph, initialisation and seed."""
+            overwrite: bool = False, experiment: Optional[Experiment] = None,
+            log: Callable[[str], None] = print) -> List[RunResult]:
+    """Run several algorithms on the same data, partition, graph, initialisation and seed (``experiment``: data
+    and graph prepared already, e.g. from Hugging Face datasets; built from ``config`` when None)."""
     algorithms = list(algorithms or config.algorithms)
     check_out_dir(config, algorithms, resume=resume, overwrite=overwrite)
-    exp = Experiment(config, log=log)
+    exp = experiment if experiment is not None else Experiment(config, log=log)
     results = []
     for name in algorithms:
         trainer = Trainer(config.replace(algorithm=name), exp, log=log)
