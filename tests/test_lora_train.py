@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
+pytest.importorskip("transformers", reason="decaf_lora needs the [lora] extra (transformers, peft)")
+pytest.importorskip("peft", reason="decaf_lora needs the [lora] extra (transformers, peft)")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -545,3 +545,15 @@ def test_hugging_face_datasets_through_experiment(tiny_model, tiny_csv, tmp_path
     assert res[0].history[-1]["test_acc_mean"] is not None
     with pytest.raises(ValueError, match="both train and test"):
         Experiment(cfg, train=train, log=lambda *_: None)
+
+
+def test_cli_flags_override_the_config_file(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("agents: 6\ntime_varying: matching\nlr: 0.01\nmax_grad_norm: 2.0\n")
+    parser = cli.build_parser()
+    cfg = cli._config_from_args(parser.parse_args(["train", "--config", str(cfg_file), "--lr", "0.02"]))
+    assert (cfg.agents, cfg.time_varying, cfg.lr, cfg.max_grad_norm) == (6, "matching", 0.02, 2.0)
+    cfg = cli._config_from_args(parser.parse_args(["train", "--config", str(cfg_file), "--time-varying", "none",
+                                                   "--max-grad-norm", "none", "--target-modules", "query,key"]))
+    assert cfg.time_varying is None and cfg.max_grad_norm is None and cfg.target_modules == ["query", "key"]
+    assert cli._config_from_args(parser.parse_args(["compare"])) == TrainConfig()

@@ -52,28 +52,24 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{_HELP.get(name, '')} (default: {default})".strip()
         kind = str(f.type)
         if kind == "bool":
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif kind == "int":
-            group.add_argument(flag, dest=name, type=int, default=None, help=help_text, metavar="N")
+            group.add_argument(flag, dest=name, type=int, default=argparse.SUPPRESS, help=help_text, metavar="N")
         elif kind == "float":
-            group.add_argument(flag, dest=name, type=float, default=None, help=help_text, metavar="X")
+            group.add_argument(flag, dest=name, type=float, default=argparse.SUPPRESS, help=help_text, metavar="X")
         elif kind == "Optional[float]":
-            group.add_argument(flag, dest=name, type=_none_or(float), default=None, help=help_text, metavar="X")
+            group.add_argument(flag, dest=name, type=_none_or(float), default=argparse.SUPPRESS, help=help_text, metavar="X")
         elif kind == "Optional[str]":
-            group.add_argument(flag, dest=name, type=_none_or(str), default=None, help=help_text, metavar="S")
+            group.add_argument(flag, dest=name, type=_none_or(str), default=argparse.SUPPRESS, help=help_text, metavar="S")
         else:  # str, List[str] (comma-separated)
-            group.add_argument(flag, dest=name, type=str, default=None, help=help_text, metavar="S")
+            group.add_argument(flag, dest=name, type=str, default=argparse.SUPPRESS, help=help_text, metavar="S")
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
     names = set(config_fields())
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    # "--time-varying none" must be able to clear a value set by the config file
-    for k in ("time_varying", "test_data", "adjacency", "max_grad_norm"):
-        if k in vars(args) and getattr(args, k) is None and f"--{k.replace('_', '-')}" in sys.argv:
-            given[k] = None
-    values.update(given)
+    # flags default to SUPPRESS: only those given appear, so "--time-varying none" can clear a config-file value
+    values.update({k: v for k, v in vars(args).items() if k in names})
     return TrainConfig(**values)
 
 
