@@ -156,7 +156,7 @@ def test_complete_graph_decaf_equals_exact_server_average(stacks):
     exact = _products(stacks)
     # and both are the best rank-r approximation of the mean product, agreed on by every agent
     stacks.load_state_dict(before)
-    for P_decaf, P_exact, (sB, A) in zip(decaf, exact, [(s, a) for s, a in stacks.scaled()]):
+    for P_decaf, P_exact, (sB, A) in zip(decaf, exact, stacks.scaled()):
         mean = (sB @ A).mean(0)
         U, S, Vh = torch.linalg.svd(mean)
         r = sB.shape[-1]

@@ -140,15 +140,9 @@ class AgentStacks:
                 lora_A.weight.requires_grad_(flag)
 
     # ---------------------------------------------------------------------------------------------- agent <-> model
-    @torch.no_grad()
     def load_agent(self, i: int) -> None:
         """Copy agent i's adapters and dense parameters into the shared model."""
-        for g in self.groups:
-            for l, (lora_A, lora_B) in enumerate(g.modules):
-                lora_A.weight.copy_(g.A[i, l])
-                lora_B.weight.copy_(g.B[i, l])
-        for n, p in self.dense_params.items():
-            p.copy_(self.dense[n][i])
+        self.load_factors([(g.B[i], g.A[i]) for g in self.groups], {n: t[i] for n, t in self.dense.items()})
 
     @torch.no_grad()
     def load_factors(self, factors: List[Tuple[Tensor, Tensor]], dense: Dict[str, Tensor]) -> None:

@@ -150,17 +150,14 @@ class DLoRA(Algorithm):
     def _communicate_factors(self, stacks, W):
         for g in stacks.groups:
             g.B.copy_(_mix(g.B, W))
-            g.A.copy_(_mix(g.A, W))
+            if self.trains_A:  # a frozen, shared A is the same on every agent: nothing to mix
+                g.A.copy_(_mix(g.A, W))
 
 
-class DLoRAFA(Algorithm):
+class DLoRAFA(DLoRA):
     name = "dlora_fa"
     trains_A = False
     description = "A frozen at the shared init, B gossiped (exact)"
-
-    def _communicate_factors(self, stacks, W):
-        for g in stacks.groups:
-            g.B.copy_(_mix(g.B, W))
 
 
 class DeCAF(Algorithm):

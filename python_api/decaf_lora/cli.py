@@ -140,7 +140,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                     raise ValueError(f"--export must be 'average', 'none' or an agent index, got {export!r}") from None
                 if not 0 <= export < config.agents:
                     raise ValueError(f"--export {export}: agent index must be in [0, {config.agents})")
-            T.check_out_dir(config, [config.algorithm], resume=args.resume, overwrite=args.overwrite)
             trainer = T.Trainer(config)
             result = trainer.run(resume=args.resume, overwrite=args.overwrite)
             result.summary = T.summarise(result.history)
@@ -149,7 +148,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"adapter ({export}): {where}")
             _print_results([result], Path(config.out_dir), _title(config))
         else:
-            T.check_out_dir(config, config.algorithms, resume=args.resume, overwrite=args.overwrite)
             results = T.compare(config, resume=args.resume, overwrite=args.overwrite)
             _print_results(results, Path(config.out_dir), _title(config))
         return 0

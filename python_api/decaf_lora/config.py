@@ -88,9 +88,8 @@ class TrainConfig:
             if not cond:
                 raise ValueError(msg)
 
-        for name in ("algorithms",):
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, [a.strip() for a in getattr(self, name).split(",") if a.strip()])
+        if isinstance(self.algorithms, str):  # "decaf,dlora" from the command line
+            self.algorithms = [a.strip() for a in self.algorithms.split(",") if a.strip()]
         if isinstance(self.target_modules, str):
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         need(self.algorithm in ALGORITHMS, f"unknown algorithm {self.algorithm!r}; expected one of {ALGORITHMS}")

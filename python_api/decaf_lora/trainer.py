@@ -264,11 +264,10 @@ class Trainer:
         if resume and ckpt_path.exists():
             self.load_checkpoint(ckpt_path)
             self.log(f"{c.algorithm}: resumed from {ckpt_path} at round {self.round}")
-        elif ckpt_path.exists() and not overwrite:
-            raise FileExistsError(f"{ckpt_path} holds a checkpoint of an earlier run: pass resume=True (--resume) to "
-                                  "continue it, overwrite=True (--overwrite) to start over, or another out_dir")
-        elif resume:
-            self.log(f"{c.algorithm}: no checkpoint in {self.out_dir}, starting from round 0")
+        else:
+            check_out_dir(c, [c.algorithm], resume=resume, overwrite=overwrite)
+            if resume:
+                self.log(f"{c.algorithm}: no checkpoint in {self.out_dir}, starting from round 0")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         header = {"event": "start", "algorithm": c.algorithm, "config": c.to_dict(), "experiment": self.exp.describe(),
                   "adapters": self.stacks.describe(), "device": str(self.device), "versions": _versions()}
@@ -431,8 +430,8 @@ def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, o
     found = [Path(config.out_dir) / a / "checkpoint.pt" for a in algorithms]
     found = [str(p) for p in found if p.exists()]
     if found:
-        raise FileExistsError(f"{', '.join(found)} hold checkpoints of an earlier run: pass --resume to continue, "
-                              "--overwrite to start over, or another --out-dir")
+        raise FileExistsError(f"{', '.join(found)}: checkpoint(s) of an earlier run. Pass resume=True (--resume) to "
+                              "continue, overwrite=True (--overwrite) to start over, or another out_dir")
 
 
 def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resume: bool = False,
