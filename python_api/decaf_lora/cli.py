@@ -2,6 +2,9 @@
 
 Every :class:`~decaf_lora.config.TrainConfig` field is a flag (``--dirichlet-alpha 0.1``); ``--config FILE`` reads
 a YAML or JSON file of the same keys first, and flags given on the command line override it.
+
+Bad input (a setting, a file, the output folder, a checkpoint) ends with one line ``decaf: error: ...`` and exit
+status 2, before any data or model is loaded where it can be told then.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ _HELP = {
     "eval_every": "evaluate every K rounds (and at the last)",
     "checkpoint_every": "checkpoint every K rounds (and at the last); 0: never",
     "device": "cpu, cuda, cuda:N or auto",
-    "out_dir": "output folder (one subfolder per algorithm)",
+    "out_dir": "output folder: summary.csv, plot.png, decaf_run.json (the marker that it holds decaf runs) and one "
+               "subfolder per algorithm; a non-empty folder without the marker is refused unless --overwrite",
 }
 
 
@@ -82,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=desc, description=desc)
         p.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
         p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out-dir")
-        p.add_argument("--overwrite", action="store_true", help="start over even if --out-dir holds checkpoints")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start over even if --out-dir holds checkpoints of an earlier run, or write into an "
+                            "--out-dir that holds other files but no decaf run (decaf_run.json); files of the same "
+                            "names there are replaced")
         if name == "train":
             p.add_argument("--export", default="average",
                            help="adapter to save with peft's save_pretrained at the end: 'average', an agent index, "
@@ -130,6 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         config = _config_from_args(args)
         from . import trainer as T
+        from .models import pick_device
 
         if args.command == "train":
             export = args.export
@@ -140,6 +148,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                     raise ValueError(f"--export must be 'average', 'none' or an agent index, got {export!r}") from None
                 if not 0 <= export < config.agents:
                     raise ValueError(f"--export {export}: agent index must be in [0, {config.agents})")
+            # Trainer.run checks the folder too, but only after the data and model are loaded: fail fast here
+            pick_device(config.device)
+            T.check_out_dir(config, [config.algorithm], resume=args.resume, overwrite=args.overwrite)
+            if export != "none":
+                T.check_export_path(Path(config.out_dir) / config.algorithm / "adapter")
             trainer = T.Trainer(config)
             result = trainer.run(resume=args.resume, overwrite=args.overwrite)
             result.summary = T.summarise(result.history)
@@ -151,7 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             results = T.compare(config, resume=args.resume, overwrite=args.overwrite)
             _print_results(results, Path(config.out_dir), _title(config))
         return 0
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
+        # OSError: a missing file, a folder in the way, no permission; its message names the path
         print(f"decaf: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover - interactive

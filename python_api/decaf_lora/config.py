@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -82,53 +86,18 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Check every value that can be checked without touching files or models; ValueError names the field."""
+        """Check every value that can be checked without touching files or models, and normalise it.
 
-        def need(cond: bool, msg: str):
-            if not cond:
-                raise ValueError(msg)
-
-        if isinstance(self.algorithms, str):  # "decaf,dlora" from the command line
-            self.algorithms = [a.strip() for a in self.algorithms.split(",") if a.strip()]
-        if isinstance(self.target_modules, str):
-            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        need(self.algorithm in ALGORITHMS, f"unknown algorithm {self.algorithm!r}; expected one of {ALGORITHMS}")
-        need(len(self.algorithms) > 0, "algorithms must name at least one algorithm")
-        for a in self.algorithms:
-            need(a in ALGORITHMS, f"unknown algorithm {a!r} in algorithms; expected one of {ALGORITHMS}")
-        need(len(set(self.algorithms)) == len(self.algorithms), f"algorithms has duplicates: {self.algorithms}")
-        need(len(self.target_modules) > 0, "target_modules must name at least one module")
-        for name in ("rank", "agents", "rounds", "comm_every", "batch_size", "eval_every", "eval_batch_size",
-                     "max_length", "train_size", "test_size", "shards_per_agent"):
-            val = getattr(self, name)
-            need(isinstance(val, int) and not isinstance(val, bool) and val >= 1,
-                 f"{name} must be a positive integer, got {val!r}")
-        need(self.agents >= 2, f"agents must be >= 2 for a decentralised run, got {self.agents}")
-        need(isinstance(self.length_grouping, int) and self.length_grouping >= 0,
-             f"length_grouping must be an integer >= 0 (0 or 1: off), got {self.length_grouping!r}")
-        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
-             f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {self.checkpoint_every!r}")
-        need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
-        need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0,
-             f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        need(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        need(self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
-        need(0 < self.er_p <= 1, f"er_p must be in (0, 1], got {self.er_p}")
-        need(self.moments in MOMENT_POLICIES, f"moments must be one of {MOMENT_POLICIES}, got {self.moments!r}")
-        need(self.split in SPLITS, f"split must be one of {SPLITS}, got {self.split!r}")
-        need(self.consensus_method in ("exact", "randomized", "auto"),
-             f"consensus_method must be 'exact', 'randomized' or 'auto', got {self.consensus_method!r}")
-        from .data import PARTITIONS
-        from .graphs import GRAPHS, TIME_VARYING, WEIGHTS
-
-        need(self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}")
-        need(self.graph in GRAPHS + ("custom",), f"graph must be one of {GRAPHS + ('custom',)}, got {self.graph!r}")
-        need(self.graph != "custom" or self.adjacency, "graph='custom' needs adjacency=<file with a 0/1 matrix>")
-        need(self.weights in WEIGHTS, f"weights must be one of {WEIGHTS}, got {self.weights!r}")
-        need(self.time_varying in TIME_VARYING, f"time_varying must be one of {TIME_VARYING}, got {self.time_varying!r}")
+        Numbers may come as numeric strings (YAML 1.1 reads ``5e-3`` as a string) and become int/float; lists may
+        come as comma-separated strings; paths may be ``os.PathLike``; ``"none"``/``"null"`` is None where None
+        is allowed. Raises TypeError (wrong type) or ValueError (wrong value) naming the field, the value and what
+        is expected; nothing is changed unless every field is valid.
+        """
+        values = {name: _normalise(name, getattr(self, name)) for name in config_fields()}
+        if values["graph"] == "custom" and not values["adjacency"]:
+            raise ValueError("graph='custom' needs adjacency=<file with a 0/1 matrix>")
+        for name, value in values.items():
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------------------------------------ io
     def to_dict(self) -> dict:
@@ -152,24 +121,158 @@ def config_fields() -> dict:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+# ---------------------------------------------------------------------------------------------------- field checks
+
+_PATHS = {"model", "data", "test_data", "wordnet_path", "adjacency", "out_dir"}
+# minimum of each integer field
+_INTS = {"rank": 1, "agents": 2, "rounds": 1, "comm_every": 1, "batch_size": 1, "eval_every": 1,
+         "eval_batch_size": 1, "max_length": 1, "train_size": 1, "test_size": 1, "shards_per_agent": 1,
+         "length_grouping": 0, "checkpoint_every": 0, "seed": 0}
+# (low, low included, high, high included) of each float field
+_FLOATS = {"lora_alpha": (0.0, False, math.inf, False), "lora_dropout": (0.0, True, 1.0, False),
+           "test_fraction": (0.0, False, 1.0, False), "dirichlet_alpha": (0.0, False, math.inf, False),
+           "er_p": (0.0, False, 1.0, True), "lr": (0.0, False, math.inf, False),
+           "weight_decay": (0.0, True, math.inf, False), "max_grad_norm": (0.0, False, math.inf, False)}
+_INT_NOTES = {"agents": " (a decentralised run needs two agents)", "length_grouping": " (0 or 1: off)",
+              "checkpoint_every": " (0: no checkpoints)"}
+_DEVICE = re.compile(r"(cpu|cuda(:\d+)?|auto)")
+
+
+def _choices() -> dict:
+    from .data import PARTITIONS
+    from .graphs import GRAPHS, TIME_VARYING, WEIGHTS
+
+    return {"algorithm": ALGORITHMS, "moments": MOMENT_POLICIES, "split": SPLITS,
+            "consensus_method": ("exact", "randomized", "auto"), "partition": PARTITIONS,
+            "graph": GRAPHS + ("custom",), "weights": WEIGHTS, "time_varying": TIME_VARYING}
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _number(name: str, value: Any, expected: str) -> float | int:
+    """A finite int or float from a number or a numeric string; TypeError for anything else."""
+    given = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise TypeError(f"{name} must be {expected}, got {_shown(given)}") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {_shown(given)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be {expected} (finite), got {given!r}")
+    return value
+
+
+def _normalise(name: str, value: Any) -> Any:
+    """The checked, normalised value of field ``name`` (see TrainConfig.validate)."""
+    kind = str(config_fields()[name].type)
+    if kind.startswith("Optional[") and (value is None or (isinstance(value, str)
+                                                          and value.strip().lower() in ("none", "null", ""))):
+        return None
+    if name in _INTS:
+        low = _INTS[name]
+        expected = ("a positive integer" if low == 1 else f"an integer >= {low}") + _INT_NOTES.get(name, "")
+        number = _number(name, value, expected)
+        if number != int(number) or number < low:
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+        return int(number)
+    if name in _FLOATS:
+        low, low_in, high, high_in = _FLOATS[name]
+        expected = f"a number in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        if high == math.inf:
+            expected = f"a number {'>=' if low_in else '>'} {low:g}"
+        number = float(_number(name, value, expected))
+        if not ((low <= number if low_in else low < number) and (number <= high if high_in else number < high)):
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+        return number
+    if kind == "bool":
+        # a quoted "false" is a non-empty string, which Python counts as true: refuse it rather than guess
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be true or false (a boolean, unquoted in YAML/JSON), got {_shown(value)}")
+        return value
+    if kind == "List[str]":
+        if isinstance(value, str):  # "decaf,dlora" from the command line
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{name} must be a list of names or a comma-separated string, got {_shown(value)}")
+        items = [v.strip() for v in value if v.strip()]
+        if not items:
+            raise ValueError(f"{name} must name at least one {'algorithm' if name == 'algorithms' else 'module'}, "
+                             f"got {value!r}")
+        if name == "algorithms":
+            for a in items:
+                if a not in ALGORITHMS:
+                    raise ValueError(f"unknown algorithm {a!r} in algorithms; expected one of {ALGORITHMS}")
+            if len(set(items)) != len(items):
+                raise ValueError(f"algorithms has duplicates: {items}")
+        return items
+    # strings: paths, choices, names
+    if name in _PATHS and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        what = {"data": f"{DATA_BUILTIN!r} or the path of a .csv/.jsonl file (a string)",
+                "model": f"{BUILTIN_MODEL!r} or the path of a transformers model folder (a string)"}.get(
+                    name, "a path (a string)" if name in _PATHS else "a string")
+        raise TypeError(f"{name} must be {what}, got {_shown(value)}")
+    choices = _choices().get(name)
+    if choices is not None and value not in choices:
+        if name == "algorithm":
+            raise ValueError(f"unknown algorithm {value!r}; expected one of {choices}")
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    if name == "device" and not _DEVICE.fullmatch(value):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
 def load_config_file(path: str | Path) -> dict:
-    """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict of TrainConfig fields (dashes allowed)."""
+    """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict of TrainConfig fields (dashes allowed).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a folder, another extension, text that is not UTF-8, or
+        YAML/JSON that does not parse (the message names the file, line and column) or is not a mapping.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {str(path)!r} is a folder; expected a .yaml, .yml or .json file")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {str(path)!r}: expected a .yaml, .yml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {str(path)!r}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
+                             f"{exc.msg}") from None
+    else:
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("reading a YAML config needs PyYAML: pip install pyyaml (or use a .json config)") from exc
-        raw = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        raw = json.loads(text)
-    else:
-        raise ValueError(f"config file {str(path)!r}: expected a .yaml, .yml or .json file")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"config file {str(path)!r}: invalid YAML{where}: {problem}") from None
+        raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of field names to values")
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of field names to values, "
+                         f"got a {type(raw).__name__}")
     return normalise_keys(raw, source=str(path))
 
 

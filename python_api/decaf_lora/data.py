@@ -538,6 +538,29 @@ def load_text_file(
         )
     if not path.is_file():
         raise FileNotFoundError(f"text data file {str(path)!r} not found")
+    try:
+        texts, raw, lines = _read_text_file(path, ext, text_column, label_column)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text ({_first_bad_line(path)}); save the file as UTF-8") from None
+    if not texts:
+        raise ValueError(f"{path}: no examples found")
+    labels, names = _resolve_labels(
+        raw, lambda i: f"{path}:{lines[i]}", label_names, numeric_strings=(ext == ".csv")
+    )
+    return TextDataset(texts, torch.tensor(labels, dtype=torch.int64), names)
+
+
+def _first_bad_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {lineno}, byte {e.start + 1} of that line is {line[e.start:e.start + 1]!r}"
+    return "an invalid byte sequence"  # pragma: no cover - a sequence split across lines
+
+
+def _read_text_file(path: Path, ext: str, text_column: str, label_column: str) -> tuple[list, list, list]:
     texts: list[str] = []
     raw: list[Any] = []
     lines: list[int] = []
@@ -587,12 +610,7 @@ def load_text_file(
                 texts.append(_check_text(obj[text_column], f"{path}:{lineno}", text_column))
                 raw.append(obj[label_column])
                 lines.append(lineno)
-    if not texts:
-        raise ValueError(f"{path}: no examples found")
-    labels, names = _resolve_labels(
-        raw, lambda i: f"{path}:{lines[i]}", label_names, numeric_strings=(ext == ".csv")
-    )
-    return TextDataset(texts, torch.tensor(labels, dtype=torch.int64), names)
+    return texts, raw, lines
 
 
 def from_hf(

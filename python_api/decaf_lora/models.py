@@ -114,8 +114,9 @@ def build_lora_classifier(
 ):
     """A peft LoRA model around :class:`EncoderClassifier`; the head is trained through ``modules_to_save``.
 
-    The classifier head and the LoRA ``A`` factors are initialised from ``torch.manual_seed(seed)``, so every
-    algorithm of a comparison starts from the same point (peft initialises ``B`` to zero).
+    The classifier head and the LoRA ``A`` factors are initialised from torch's CPU RNG seeded with ``seed``, so
+    every algorithm of a comparison starts from the same point (peft initialises ``B`` to zero). That happens in a
+    fork of the CPU RNG: the caller's global RNG is left as it was.
 
     Returns:
         the ``peft.PeftModel`` (adapter name ``"default"``).
@@ -126,17 +127,20 @@ def build_lora_classifier(
     from transformers import AutoModel
 
     path = resolve_model_path(model)
-    encoder = AutoModel.from_pretrained(str(path))
-    torch.manual_seed(seed)
-    base = EncoderClassifier(encoder, num_classes)
     config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=list(target_modules), lora_dropout=lora_dropout,
                         use_rslora=use_rslora, modules_to_save=["classifier"], bias="none")
-    try:
-        peft_model = get_peft_model(base, config)
-    except ValueError as exc:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})
-        raise ValueError(f"peft could not apply LoRA with target_modules={list(target_modules)} to {model!r}: {exc}. "
-                         f"The encoder's linear layers are named: {names}") from exc
+    # the model is built on the CPU, so forking the CPU RNG covers every draw of the initialisation (and
+    # torch.manual_seed would also reseed every CUDA device's RNG, which the fork does not restore)
+    with torch.random.fork_rng(devices=[]):
+        encoder = AutoModel.from_pretrained(str(path))
+        torch.random.default_generator.manual_seed(seed)
+        base = EncoderClassifier(encoder, num_classes)
+        try:
+            peft_model = get_peft_model(base, config)
+        except ValueError as exc:
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})
+            raise ValueError(f"peft could not apply LoRA with target_modules={list(target_modules)} to {model!r}: "
+                             f"{exc}. The encoder's linear layers are named: {names}") from exc
     return peft_model
 
 
@@ -172,7 +176,10 @@ def pick_device(device: Optional[str]) -> torch.device:
     """``"cpu"``, ``"cuda"``/``"cuda:N"`` (checked to exist), or ``None``/``"auto"`` (CUDA when available)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but torch sees no CUDA device (torch {torch.__version__}); "
                          "use --device cpu")

@@ -1,10 +1,13 @@
-"""What a run shows: the final comparison table (terminal), a CSV summary and a PNG plot."""
+"""What a run shows: the final comparison table (terminal), a CSV summary and a PNG plot (both written
+atomically, see :mod:`decaf_lora.runfiles`)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from .runfiles import atomic_write_bytes
 
 COLUMNS = (
     ("algorithm", "algorithm", "{}"),
@@ -45,12 +48,15 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     keys = [k for k, _, _ in COLUMNS] + ["rounds"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k) for k in keys})
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: row.get(k) for k in keys})
+
+    atomic_write_bytes(Path(path), write)
 
 
 def plot(histories: dict, path: Path, *, title: str = "") -> None:
@@ -83,9 +89,10 @@ def plot(histories: dict, path: Path, *, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write_bytes(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(results: List, out_dir: Path, *, title: str = "") -> dict:

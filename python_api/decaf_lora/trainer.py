@@ -5,14 +5,18 @@ of the algorithm, then (every ``eval_every`` rounds and at the end) an evaluatio
 every agent's accuracy, and the accuracy of the averaged model. Everything a round measured goes to a JSONL log.
 A checkpoint (every ``checkpoint_every`` rounds, written atomically) holds the stacks, every agent's optimizer,
 the data samplers and the RNG state, so ``resume=True`` continues bit-for-bit where the run stopped.
+
+Training draws its randomness (dropout; the sketch of a randomized consensus) from a random stream of its own,
+seeded by ``seed + 1``, that torch's global RNG is swapped to only while an agent trains or the agents
+communicate: evaluation, export and whatever the caller draws in between never change a run, and a run never
+moves the caller's global RNG. Where the run's files go is :mod:`decaf_lora.runfiles`' business.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,26 +32,13 @@ from .adapters import AgentStacks
 from .algorithms import make_algorithm
 from .config import DATA_BUILTIN, TrainConfig
 from .graphs import Topology
-from .models import build_lora_classifier, load_tokenizer, pick_device, write_export_info
+from .models import EXPORT_INFO, build_lora_classifier, load_tokenizer, pick_device, write_export_info
+from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
+                       check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
+from .runfiles import check_out_dir as _check_out_dir
 
-CHECKPOINT_FORMAT = 1
-
-
-def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, fsync it, then rename over ``path``: a crash leaves either
-    the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+__all__ = ["Experiment", "RunResult", "Trainer", "compare", "summarise", "check_out_dir", "check_export_path",
+           "atomic_write_bytes", "CHECKPOINT_FORMAT"]
 
 
 def _versions() -> dict:
@@ -133,14 +124,18 @@ class Trainer:
         config: the run's :class:`TrainConfig`.
         experiment: shared data and graph (built from ``config`` when None).
         log: where one-line messages go (``print`` by default).
+
+    Raises (before data or model are loaded): ValueError for a device that does not exist, FileExistsError for
+    an ``out_dir`` that is a file.
     """
 
     def __init__(self, config: TrainConfig, experiment: Optional[Experiment] = None, *,
                  log: Callable[[str], None] = print):
         self.config = c = config
         self.log = log
-        self.exp = experiment if experiment is not None else Experiment(config, log=log)
         self.device = pick_device(c.device)
+        check_out_path(c.out_dir, [c.algorithm])
+        self.exp = experiment if experiment is not None else Experiment(config, log=log)
         self.out_dir = Path(c.out_dir) / c.algorithm
         self.algorithm = make_algorithm(c.algorithm, split=c.split, consensus_method=c.consensus_method,
                                         moments=c.moments)
@@ -157,8 +152,34 @@ class Trainer:
         self.round = 0
         self.bytes_total = 0
         self.wall_time = 0.0
-        # the dropout stream of the local steps (the model init above used torch.manual_seed(seed))
-        torch.manual_seed(c.seed + 1)
+        # the training stream (the model init above used seed); see the module docstring
+        self._rng = {"torch": torch.Generator().manual_seed(c.seed + 1).get_state()}
+        if self.device.type == "cuda":
+            self._rng["cuda"] = torch.Generator(device=self.device).manual_seed(c.seed + 1).get_state()
+
+    # ------------------------------------------------------------------------------------------------ randomness
+    def _global_rng(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _set_global_rng(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    @contextlib.contextmanager
+    def _training_rng(self):
+        """Swap torch's global RNG to the training stream for the block (dropout and randomized consensus draw
+        from the global RNG only), and back."""
+        caller = self._global_rng()
+        self._set_global_rng(self._rng)
+        try:
+            yield
+            self._rng = self._global_rng()
+        finally:
+            self._set_global_rng(caller)
 
     # ------------------------------------------------------------------------------------------------ training
     def _local_steps(self, i: int) -> List[float]:
@@ -171,7 +192,8 @@ class Trainer:
             loss = F.cross_entropy(logits.float(), batch["labels"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"agent {i}: the training loss is {loss.item()} at round {self.round + 1}; "
-                                         f"lower lr (now {c.lr}) or set max_grad_norm")
+                                         f"lower lr (now {c.lr}) or lora_alpha (now {c.lora_alpha}), or set "
+                                         f"max_grad_norm (now {c.max_grad_norm})")
             loss.backward()
             self.stacks.gather_grads(self.params[i], include_A=self.algorithm.trains_A)
             if c.max_grad_norm is not None:
@@ -213,12 +235,13 @@ class Trainer:
     def averaged_adapter(self):
         """Per group the rank-r truncated SVD of the agents' mean product (slot 0 of an all-to-all consensus),
         and the mean of the dense parameters: the model that ``test_acc_avg_model`` evaluates and that
-        ``export(agent="average")`` writes."""
+        ``export(agent="average")`` writes. Always the exact truncation (no random sketch, whatever
+        ``consensus_method`` training uses), so it neither depends on nor draws from any random stream."""
         J = torch.full((self.config.agents,) * 2, 1.0 / self.config.agents, dtype=torch.float64)
         factors = []
         with torch.no_grad():
             for g in self.stacks.groups:
-                B, A = decaf_kernels.consensus_tsvd(g.B, g.A, J, split=self.config.split)
+                B, A = decaf_kernels.consensus_tsvd(g.B, g.A, J, method="exact", split=self.config.split)
                 factors.append((B[0], A[0]))
             dense = {n: t.mean(0) for n, t in self.stacks.dense.items()}
         return factors, dense
@@ -255,20 +278,24 @@ class Trainer:
 
         Args:
             resume: continue from ``<out_dir>/<algorithm>/checkpoint.pt`` when it exists.
-            overwrite: start over even though that folder holds a checkpoint of an earlier run (without it,
-                that is an error, so that a forgotten ``--resume`` never destroys a run).
+            overwrite: start over even though that folder holds a checkpoint of an earlier run, or write into
+                an ``out_dir`` that holds files but no decaf run (without it, both are errors, so that a forgotten
+                ``--resume`` or a wrong ``--out-dir`` never destroys anything; see :mod:`decaf_lora.runfiles`).
         """
         c = self.config
-        ckpt_path = self.out_dir / "checkpoint.pt"
-        log_path = self.out_dir / "log.jsonl"
+        ckpt_path = self.out_dir / CHECKPOINT
+        log_path = self.out_dir / LOG
         if resume and ckpt_path.exists():
             self.load_checkpoint(ckpt_path)
             self.log(f"{c.algorithm}: resumed from {ckpt_path} at round {self.round}")
         else:
-            check_out_dir(c, [c.algorithm], resume=resume, overwrite=overwrite)
+            _check_out_dir(c.out_dir, [c.algorithm], resume=resume, overwrite=overwrite)
             if resume:
                 self.log(f"{c.algorithm}: no checkpoint in {self.out_dir}, starting from round 0")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        mark_run(Path(c.out_dir))
+        for p in clean_stale_temporaries(Path(c.out_dir)) + clean_stale_temporaries(self.out_dir):
+            self.log(f"{c.algorithm}: removed {p}, left by an interrupted write")
         header = {"event": "start", "algorithm": c.algorithm, "config": c.to_dict(), "experiment": self.exp.describe(),
                   "adapters": self.stacks.describe(), "device": str(self.device), "versions": _versions()}
         lines = [header] + [dict(event="round", **h) for h in self.history]
@@ -280,14 +307,16 @@ class Trainer:
                 t0 = time.perf_counter()
                 self.model.train()
                 losses = []
-                for i in range(c.agents):
-                    losses.extend(self._local_steps(i))
+                with self._training_rng():
+                    for i in range(c.agents):
+                        losses.extend(self._local_steps(i))
                 W = self.algorithm.mixing(self.exp.topology, self.round)
                 rec = {"round": self.round + 1, "algorithm": c.algorithm,
                        "train_loss": sum(losses) / len(losses),
                        "interference_rel": self.interference(W) if W is not None else None}
                 if W is not None:
-                    self.algorithm.communicate(self.stacks, W)
+                    with self._training_rng():
+                        self.algorithm.communicate(self.stacks, W)
                     if self.algorithm.refactorizes and c.moments == "reset":
                         self._reset_factor_moments()
                 sent = self.algorithm.bytes_sent(self.stacks, W)
@@ -318,13 +347,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ state
     def checkpoint_state(self) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"format": CHECKPOINT_FORMAT, "algorithm": self.config.algorithm, "config": self.config.to_dict(),
                 "run_hash": self.config.run_hash(), "round": self.round, "stacks": self.stacks.state_dict(),
-                "optimizers": [o.state_dict() for o in self.optimizers], "sampler": self.sampler.state_dict(),
-                "rng": rng, "history": self.history, "bytes_total": self.bytes_total, "wall_time": self.wall_time}
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "sampler": self.sampler.state_dict(), "rng": {k: v.clone() for k, v in self._rng.items()},
+                "history": list(self.history), "bytes_total": self.bytes_total, "wall_time": self.wall_time}
 
     def save_checkpoint(self, path: Union[str, Path]) -> None:
         """Write the full training state atomically (temporary file, fsync, rename)."""
@@ -332,31 +359,41 @@ class Trainer:
         atomic_write_bytes(Path(path), lambda p: torch.save(state, p))
 
     def load_checkpoint(self, path: Union[str, Path]) -> None:
-        """Restore a checkpoint of this run. ValueError (nothing changed) if it belongs to another run."""
+        """Restore a checkpoint of this run. ValueError (nothing changed) if it is unreadable, damaged, or
+        belongs to another run."""
         path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a decaf_lora checkpoint of format {CHECKPOINT_FORMAT}")
+        state = read_checkpoint(path)
         if state["algorithm"] != self.config.algorithm:
             raise ValueError(f"checkpoint {path} is of algorithm {state['algorithm']!r}, this run is "
                              f"{self.config.algorithm!r}")
-        if state["run_hash"] != self.config.run_hash():
-            diff = self.config.differences(state["config"])
+        # the hash tells quickly that nothing changed; when it differs, only values that differ refuse the
+        # checkpoint (one written before values were normalised may hash lora_alpha 16 where now it is 16.0)
+        diff = self.config.differences(state["config"]) if state["run_hash"] != self.config.run_hash() else {}
+        if diff:
             detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"checkpoint {path} was written by a run with another configuration ({detail}); "
                              "use another out_dir or the same settings")
         if state["round"] > self.config.rounds:
             raise ValueError(f"checkpoint {path} is at round {state['round']}, beyond rounds={self.config.rounds}")
+        if len(state["optimizers"]) != self.config.agents:
+            raise ValueError(f"checkpoint {path} has {len(state['optimizers'])} optimizers, this run has "
+                             f"{self.config.agents} agents")
+        before = self.checkpoint_state()
+        try:
+            self._restore(state)
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+            self._restore(before)  # a half-restored trainer must not train on
+            raise ValueError(f"checkpoint {path} does not fit this run: {exc}") from exc
+
+    def _restore(self, state: dict) -> None:
         self.stacks.load_state_dict(state["stacks"])
         for opt, sd in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        rng = {"torch": state["rng"]["torch"].clone()}
+        if self.device.type == "cuda":
+            rng["cuda"] = state["rng"].get("cuda", self._rng.get("cuda"))
+        self._rng = rng
         self.history = list(state["history"])
         self.round = int(state["round"])
         self.bytes_total = int(state["bytes_total"])
@@ -368,38 +405,37 @@ class Trainer:
 
         Load it back with :func:`decaf_lora.load_exported` or ``peft.PeftModel.from_pretrained`` on an
         :class:`~decaf_lora.models.EncoderClassifier` of the same base model.
+
+        An existing ``path`` is replaced only if it is an earlier export (it holds ``decaf_export.json``);
+        anything else there raises FileExistsError before anything is written.
         """
         path = Path(path)
+        if not (agent == "average" or (isinstance(agent, int) and not isinstance(agent, bool)
+                                       and 0 <= agent < self.config.agents)):
+            raise ValueError(f"agent must be 'average' or an agent index in [0, {self.config.agents}), got {agent!r}")
+        check_export_path(path)
         if agent == "average":
             self.stacks.load_factors(*self.averaged_adapter())
-        elif isinstance(agent, int) and not isinstance(agent, bool) and 0 <= agent < self.config.agents:
-            self.stacks.load_agent(agent)
         else:
-            raise ValueError(f"agent must be 'average' or an agent index in [0, {self.config.agents}), got {agent!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+            self.stacks.load_agent(agent)
+
+        def fill(tmp: Path) -> None:
             self.model.save_pretrained(str(tmp))
             write_export_info(tmp, {"model": self.config.model, "label_names": self.exp.label_names,
                                     "agent": agent, "algorithm": self.config.algorithm, "round": self.round,
                                     "max_length": self.config.max_length})
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                _rmtree(old)
-        finally:
-            if tmp.exists():
-                _rmtree(tmp)
+
+        atomic_write_folder(path, fill, replaceable=_is_export)
         return path
 
 
-def _rmtree(p: Path) -> None:
-    import shutil
+def _is_export(path: Path) -> bool:
+    return (Path(path) / EXPORT_INFO).is_file()
 
-    shutil.rmtree(p, ignore_errors=True)
+
+def check_export_path(path: Union[str, Path]) -> None:
+    """FileExistsError unless ``path`` is free or an earlier export (which :meth:`Trainer.export` replaces)."""
+    check_replaceable(Path(path), _is_export)
 
 
 def _progress(config: TrainConfig, start: int):
@@ -424,14 +460,9 @@ def summarise(history: List[dict]) -> dict:
 
 
 def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is trained, to start over where checkpoints of earlier runs exist."""
-    if resume or overwrite:
-        return
-    found = [Path(config.out_dir) / a / "checkpoint.pt" for a in algorithms]
-    found = [str(p) for p in found if p.exists()]
-    if found:
-        raise FileExistsError(f"{', '.join(found)}: checkpoint(s) of an earlier run. Pass resume=True (--resume) to "
-                              "continue, overwrite=True (--overwrite) to start over, or another out_dir")
+    """Refuse, before anything is loaded or trained, to write where that would destroy something: see
+    :func:`decaf_lora.runfiles.check_out_dir`."""
+    _check_out_dir(config.out_dir, algorithms, resume=resume, overwrite=overwrite)
 
 
 def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resume: bool = False,
@@ -440,6 +471,7 @@ def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resu
     """Run several algorithms on the same data, partition, graph, initialisation and seed (``experiment``: data
     and graph prepared already, e.g. from Hugging Face datasets; built from ``config`` when None)."""
     algorithms = list(algorithms or config.algorithms)
+    pick_device(config.device)
     check_out_dir(config, algorithms, resume=resume, overwrite=overwrite)
     exp = experiment if experiment is not None else Experiment(config, log=log)
     results = []
