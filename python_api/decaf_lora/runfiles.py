@@ -23,6 +23,8 @@ from typing import Callable, Iterable, List
 
 import torch
 
+from .algorithms import ALGORITHMS
+
 RUN_MARKER = "decaf_run.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -107,8 +109,6 @@ def atomic_write_folder(path: Path, fill: Callable[[Path], None], *, replaceable
 
 def holds_run(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a decaf run (see the module docstring)."""
-    from .algorithms import ALGORITHMS
-
     out_dir = Path(out_dir)
     return (out_dir / RUN_MARKER).is_file() or any((out_dir / a / CHECKPOINT).is_file() for a in ALGORITHMS)
 
