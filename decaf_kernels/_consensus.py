@@ -129,14 +129,15 @@ def _slot_coefs(wb: torch.Tensor, ca: torch.Tensor, r: int, alpha: float):
     """Per-slot coefficients from wb (weight x scale of each B slot) and ca (scale of each A slot), (L or 1, Nu, D):
     the assembly products of both sides (normalised by the row maxima hb, ha), the reconstruction factors gb, ga that
     undo the normalisation (Bc = hb Bc~, Ac = ha Ac~ => S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha,
-    A' = (hb ha)^(1 - alpha) Y~ Ac~) and the scale hb ha of S."""
+    A' = (hb ha)^(1 - alpha) Y~ Ac~), the scale hb ha of S, and the normalised slot coefficients of Bc~ and Ac~."""
     hb = wb.abs().amax(-1, keepdim=True)
     ha = ca.abs().amax(-1, keepdim=True)
     hb = torch.where(hb > 0, hb, torch.ones_like(hb))
     ha = torch.where(ha > 0, ha, torch.ones_like(ha))
     gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))
     ga = (ca / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
-    return _outer_coef(wb / hb, r), _outer_coef(ca / ha, r), gb, ga, hb * ha
+    cb, cn = wb / hb, ca / ha
+    return _outer_coef(cb, r), _outer_coef(cn, r), gb, ga, hb * ha, cb, cn
 
 
 def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
@@ -147,6 +148,57 @@ def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
         _not_while_capturing(pl.idx.device)
         hit = pl.coefs[alpha] = _slot_coefs((pl.weights * pl.active)[None], pl.active[None], r, alpha)
     return hit
+
+
+# Elements of the stacked neighbour factors gathered at once by _householder_core (bounds its extra memory).
+_QR_CHUNK_ELEMS = 1 << 23
+
+
+def _householder_core(Bs: torch.Tensor, As: torch.Tensor, slot: torch.Tensor, wb: torch.Tensor, wa: torch.Tensor,
+                      rank: int, alpha: float):
+    """The small core of float64 data from Householder QR of the stacked neighbour factors instead of Grams.
+
+    A Gram squares the condition number: float64 Grams resolve directions of M_i only down to ~1e-8 s_1, which is
+    below fp32 rounding but far above float64's. Householder QR (Bc = Qb Rb, Ac^T = Qa Ra) and a LAPACK SVD of
+    the core C = Rb Ra^T = Uc s Vc^T keep LAPACK's accuracy; X = Ra^T Vc s^(alpha-1) and Y = s^-alpha Uc^T Rb
+    satisfy the small-core contract (Bc X = U s^alpha, Y Ac = s^(1-alpha) V^T), so the reconstruction is shared.
+
+    Bs: (N, L, d, r), As: (N, L, r, k); slot: (Nu, D) neighbour agents (empty slots point anywhere); wb, wa:
+    (L or 1, Nu, D) per-slot coefficients of Bc = [wb_s B_js] and Ac = [wa_s A_js] (0 for empty slots).
+    Returns X (L, Nu, m, rank), Y (L, Nu, rank, m), S (L, Nu, rank), float64; null directions are zeros.
+    """
+    N, L, d, r = Bs.shape
+    k = As.shape[-1]
+    Nu, D = slot.shape
+    m = D * r
+    X = torch.zeros((L, Nu, m, rank), dtype=torch.float64)
+    Y = torch.zeros((L, Nu, rank, m), dtype=torch.float64)
+    S = torch.zeros((L, Nu, rank), dtype=torch.float64)
+    step = max(1, _QR_CHUNK_ELEMS // max(1, Nu * m * max(d, k)))
+    Bt, At = Bs.mT.transpose(0, 1), As.transpose(0, 1)  # (L, N, r, d), (L, N, r, k) views
+
+    def r_factor(Xt, coef, ls):
+        """R of [coef_s X_js]_s (n x m): Householder QR is column-wise backward stable, so the slot coefficients
+        scale R's columns afterwards instead of the data (one gather, no extra pass)."""
+        nl, n = ls.stop - ls.start, Xt.shape[-1]
+        c = coef[ls] if coef.shape[0] == L else coef.expand(nl, Nu, D)
+        R = torch.linalg.qr(Xt[ls][:, slot].reshape(nl, Nu, m, n).mT, mode="r")[1]  # (l, Nu, min(n, m), m)
+        return R * c.repeat_interleave(r, dim=-1)[:, :, None, :]
+
+    for l0 in range(0, L, step):
+        ls = slice(l0, min(L, l0 + step))
+        Rb, Ra = r_factor(Bt, wb, ls), r_factor(At, wa, ls)
+        Uc, s, Vch = torch.linalg.svd(Rb @ Ra.mT, full_matrices=False)
+        q = min(rank, s.shape[-1])
+        Uc, s, Vc = Uc[..., :q], s[..., :q], Vch[..., :q, :].mT
+        live = s > max(m, 2) * torch.finfo(torch.float64).eps * s[..., :1]
+        s_safe = torch.where(live, s, torch.ones_like(s))
+        xs = torch.where(live, s_safe.pow(alpha - 1.0), torch.zeros_like(s))
+        ys = torch.where(live, s_safe.pow(-alpha), torch.zeros_like(s))
+        X[ls, ..., :q] = (Ra.mT @ Vc) * xs[..., None, :]
+        Y[ls, ..., :q, :] = ys[..., None] * (Uc.mT @ Rb)
+        S[ls, ..., :q] = torch.where(live, s, torch.zeros_like(s))
+    return X, Y, S
 
 
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
@@ -178,20 +230,27 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         As = Af / ca[:, :, None, None].to(Af.dtype)
         cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
         ca_slot = ca[slot].permute(2, 0, 1) * active
-        outer_b, outer_a, gb, ga, s_scale = _slot_coefs(w[None] * cb_slot, ca_slot, r, alpha)
+        outer_b, outer_a, gb, ga, s_scale, coef_b, coef_a = _slot_coefs(w[None] * cb_slot, ca_slot, r, alpha)
     else:
         # no per-layer scales: every coefficient depends on W alone, so it is made once per (W, device, r, alpha)
         Bs, As = Bf, Af
-        outer_b, outer_a, gb, ga, s_scale = _unscaled_coefs(pl, r, alpha)
+        outer_b, outer_a, gb, ga, s_scale, coef_b, coef_a = _unscaled_coefs(pl, r, alpha)
 
-    GB = _backend.pair_gram(Bs, pl.pairs, pl.groups)  # (L, T, r, r) float64
-    GA = _backend.pair_gram(As.mT, pl.pairs, pl.groups)
-    if report_non_finite is not None:
-        _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
-    Gb = _assemble(GB, pl.index, outer_b)
-    Ga = _assemble(GA, pl.index, outer_a)
-    X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd,
-                                  check_convergence=report_non_finite is not None or dev.type == "cpu")
+    if Bf.dtype == torch.float64 and dev.type == "cpu":
+        if report_non_finite is not None:
+            for name, x in (("B", Bf), ("A", Af)):
+                if not bool(torch.isfinite(x.abs().amax())):
+                    report_non_finite(name)
+        X, Y, S = _householder_core(Bs, As, slot, coef_b, coef_a, rank, alpha)
+    else:
+        GB = _backend.pair_gram(Bs, pl.pairs, pl.groups)  # (L, T, r, r) float64
+        GA = _backend.pair_gram(As.mT, pl.pairs, pl.groups)
+        if report_non_finite is not None:
+            _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
+        Gb = _assemble(GB, pl.index, outer_b)
+        Ga = _assemble(GA, pl.index, outer_a)
+        X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd,
+                                      check_convergence=report_non_finite is not None or dev.type == "cpu")
     # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
     S = S * s_scale  # undo the normalisation (see _slot_coefs)
@@ -212,16 +271,22 @@ def _gram64(Y: torch.Tensor) -> torch.Tensor:
 
 
 def _orth(Y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of range(Y) for Y: (..., n, l), via its float64 Gram and the small core.
+    """Orthonormal basis of range(Y) for Y: (..., n, l), via float64 Grams and the small core, in two passes.
 
-    With Ac = I, the core returns X such that Y X = U (left singular vectors); null directions come back as
-    zero columns, so a rank-deficient sketch only shrinks the subspace instead of amplifying noise.
+    With Ac = I, the core returns X such that Y X = U (left singular vectors). Y X is formed in Y's dtype, so its
+    columns are orthonormal only to about eps(Y) * s_1 / s_j: directions of Y below eps(Y) * l * s_1 are rounding
+    noise of Y itself and are dropped (zero columns, so a rank-deficient sketch only shrinks the subspace), and a
+    second pass re-orthogonalises what is kept (CholeskyQR2), leaving Q orthonormal to about eps(Y).
     """
     l = Y.shape[-1]
-    G = _gram64(Y)
-    eye = torch.eye(l, dtype=torch.float64, device=G.device).expand_as(G)
-    X, _, _ = _backend.small_core(G, eye, l, 0.0, Y.dtype)
-    return Y @ X.to(Y.dtype)
+    eye = torch.eye(l, dtype=torch.float64, device=Y.device).expand(*Y.shape[:-2], l, l)
+    cut = l * torch.finfo(Y.dtype).eps
+    Q = Y
+    for _ in range(2):
+        X, _, S = _backend.small_core(_gram64(Q), eye, l, 0.0, Y.dtype)
+        X = X * (S > cut * S[..., :1])[..., None, :]
+        Q = Q @ X.to(Y.dtype)
+    return Q
 
 
 def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
@@ -280,7 +345,7 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
     return B_new, A_new, S.to(cd)
 
 
-def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters: int) -> str:
+def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters: int, device_type: str = "cpu") -> str:
     """Cost model behind method="auto" (documented in consensus_tsvd's docstring); per agent and layer, since
     both methods scale alike in the number of agents and layers."""
     ell = min(rank + oversample, m)

@@ -7,6 +7,9 @@ registered ops, before any work. Every failure names the argument, what was seen
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -15,10 +18,39 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def check_tensor(name: str, x, *, min_dim: int) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}; pass {name}.to_dense()")
     if x.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}")
+
+
+def dense_mixing(W):
+    """A sparse W (COO, CSR, ...) densified: W is N x N, small, and every op reads it whole."""
+    if isinstance(W, torch.Tensor) and W.layout != torch.strided:
+        return W.to_dense()
+    return W
+
+
+def as_int(name: str, value, *, minimum: int | None = None) -> int:
+    """An integer argument: Python ints and integer-likes (numpy integers, 0-d integer tensors); not bool or float."""
+    if isinstance(value, (bool, float)) or getattr(value, "dtype", None) in (torch.bool,):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def as_flag(name: str, value) -> bool:
+    """A boolean switch: True/False (numpy bools too); a string such as "no" is refused rather than read as True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
 
 
 def check_mixing(W, n_agents: int, ref: torch.Tensor, ref_name: str, *, allow_host: bool = False) -> None:
@@ -82,7 +114,7 @@ def raise_non_finite(name: str, x: torch.Tensor) -> None:
 
 def check_finite(name: str, x: torch.Tensor) -> None:
     # max |x| is NaN or inf exactly when some element is; cheaper than materialising isfinite(x)
-    if not bool(torch.isfinite(x.abs().amax())):
+    if x.numel() and not bool(torch.isfinite(x.abs().amax())):
         raise_non_finite(name, x)
 
 

@@ -80,8 +80,9 @@ def consensus_tsvd_grouped(
         if B.shape[0] != N0:
             raise ValueError(f"entry {t} has N = {B.shape[0]} agents but entry 0 has {N0}; all entries share W")
     if rank is not None:
+        rank = V.as_int("rank", rank)
         for t, (B, A) in enumerate(zip(Bs, As)):
-            if isinstance(rank, int) and not isinstance(rank, bool) and not 1 <= rank <= min(B.shape[-2], A.shape[-1]):
+            if not 1 <= rank <= min(B.shape[-2], A.shape[-1]):
                 raise ValueError(f"rank must satisfy 1 <= rank <= min(d, k) = {min(B.shape[-2], A.shape[-1])} for "
                                  f"entry {t} (B {tuple(B.shape)}), got rank={rank}")
 
@@ -134,6 +135,7 @@ class CapturedConsensus:
             raise ValueError(f"CapturedConsensus needs CUDA factor tensors, got B on "
                              f"{B.device if isinstance(B, Tensor) else type(B).__name__}")
         V.check_factors(B, A)
+        W = V.dense_mixing(W)
         V.check_mixing(W, B.shape[0], B, "B", allow_host=True)
         self.B, self.A = B, A
         self.W = W.detach().to("cpu")

@@ -58,8 +58,6 @@ def _consensus_tsvd_op(
         if validate:
             V.check_finite("B", B)
             V.check_finite("A", A)
-        if seed < 0:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
         Bu, Au, Su = consensus_randomized(Bf, Af, nb, rank, alpha, oversample, power_iters, seed)
     if Bu.shape[0] != N or not torch.equal(nb.inverse, torch.arange(N)):
         inv = nb.inverse.to(Bu.device)
@@ -90,13 +88,44 @@ def _(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, split, need_W):
     return B.new_empty(B.shape), A.new_empty(A.shape), W.new_empty(W.shape)
 
 
+def _svd_coupling(J: Tensor, K: Tensor, s: Tensor, R1: int) -> Tensor:
+    """Off-diagonal part of the SVD derivative, Z_ij = (s_j a_ij + s_i b_ij) / (s_j^2 - s_i^2) with a = J - J^T,
+    b = K - K^T (Townsend 2016), written as (a + b) / (2 (s_j - s_i)) + (a - b) / (2 (s_j + s_i)).
+
+    Only the first term is singular when s_i = s_j. For two kept directions with (nearly) equal singular values the
+    factors are not differentiable (any rotation inside their plane is an SVD), but B'A' and S are, and for any loss
+    of those a + b vanishes at the tie; its finite limit, (J + J^T + K + K^T)_ij / (2 (s_i + s_j)), is used there.
+    Pairs with no kept direction carry no gradient; a kept/dropped tie (sigma_rank = sigma_rank+1) is outside the
+    contract and gets none either.
+    """
+    t = s.shape[-1]
+    si, sj = s[..., :, None], s[..., None, :]
+    diff, total = sj - si, sj + si
+    inside = torch.arange(t, device=s.device) < R1
+    off = ~torch.eye(t, dtype=torch.bool, device=s.device)
+    tie = (inside[:, None] & inside[None, :] & off) & (diff.abs() <= _TIE_RTOL * torch.maximum(si, sj))
+    ok = (inside[:, None] | inside[None, :]) & off & (total > 0) & (tie | (diff != 0))
+    one = torch.ones_like(diff)
+    a, b = J - J.mT, K - K.mT
+    first = torch.where(tie, (J + J.mT + K + K.mT) / (2 * torch.where(ok, total, one)),
+                        (a + b) / (2 * torch.where(ok & ~tie, diff, one)))
+    second = (a - b) / (2 * torch.where(ok, total, one))
+    return torch.where(ok, first + second, torch.zeros_like(diff))
+
+
+# Kept singular values closer than this (relative) are treated as tied: (a + b) / (s_j - s_i) would be mostly
+# rounding there (float64 J and K carry errors of ~eps |J|), while the tie limit is exact for losses of B'A' and S.
+_TIE_RTOL = float(torch.finfo(torch.float64).eps) ** 0.5
+
+
 def _consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: bool):
     """Vector-Jacobian product of the truncated SVD factors, in float64, without forming d x k matrices.
 
     Recomputes the SVD of every M_i inside the span of its neighbours' factors (Householder QR of the stacked
     factors + SVD of the small core), aligns the signs with the forward outputs, and applies the SVD
     derivative (Townsend 2016) restricted to that span, so the gradient of the product
-    B_new @ A_new is exact where sigma_rank > sigma_(rank+1). The result G_M = Lf @ Rf stays factored.
+    B_new @ A_new (and of S) is exact where sigma_rank > sigma_(rank+1), ties inside the kept block included (see
+    _svd_coupling). The result G_M = Lf @ Rf stays factored.
     """
     f64 = torch.float64
     N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
@@ -144,13 +173,7 @@ def _consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W:
     gU, gV, gs = pad(gU1, t - R1), pad(gV1, t - R1), pad(gs1, t - R1)
     J = U.mT @ gU
     K = Vm.mT @ gV
-    s2 = s * s
-    F = s2[..., None, :] - s2[..., :, None]  # F_ij = s_j^2 - s_i^2
-    inside = torch.arange(t, device=s.device) < R1
-    coupled = inside[:, None] | inside[None, :]  # pairs with no output below the cut carry no gradient
-    ok = coupled & (F != 0)
-    F = torch.where(ok, 1.0 / torch.where(ok, F, torch.ones_like(F)), torch.zeros_like(F))
-    Z = (F * (J - J.mT)) * s[..., None, :] + s[..., :, None] * (F * (K - K.mT)) + torch.diag_embed(gs)
+    Z = _svd_coupling(J, K, s, R1) + torch.diag_embed(gs)
     inv1 = torch.where(live, 1.0 / s_safe, torch.zeros_like(s_safe))
     P2 = (gU1 - U @ J[..., :, :R1]) * inv1[..., None, :]
     Q3 = (gV1 - Vm @ K[..., :, :R1]) * inv1[..., None, :]
@@ -218,17 +241,18 @@ def consensus_tsvd(
         B: (N, *batch, d, r) LoRA "B" factors of the N agents (any number of batch/layer dimensions).
         A: (N, *batch, r, k) LoRA "A" factors, same dtype and device as B.
         W: (N, N) mixing matrix, row i = the weights agent i gives its neighbours; rows must sum to 1
-            (W need not be symmetric). Any floating dtype; used in float64. On B's device or on the CPU: the
+            (W need not be symmetric). Any floating dtype; used in float64. Dense or sparse (COO/CSR, densified). On B's device or on the CPU: the
             neighbour lists are built on the host (cached by W's values), so a CPU W saves a device-to-host copy
             per call with GPU factors, and is required inside CUDA-graph capture.
-        rank: rank of the result, 1 <= rank <= min(d, k); defaults to r. Directions beyond the numerical rank
+        rank: rank of the result, an int (numpy integers accepted), 1 <= rank <= min(d, k); defaults to r. Directions beyond the numerical rank
             of M_i come back as zero columns of B' / rows of A'.
         method: "exact", "randomized", or "auto": exact unless its cost model
             ``(d + k) m^2 + 30 m^3`` (m = deg * r) exceeds twice the randomized one
             ``(d + k) m (rank + oversample) (2 power_iters + 3)``, i.e. randomized only for very dense graphs.
         oversample: extra sketch columns for "randomized".
         power_iters: power iterations for "randomized".
-        generator: seeds the randomized sketch; None draws the seed from torch's global RNG.
+        generator: seeds the randomized sketch (one draw from it per call). None uses a fixed seed, so the call is
+            deterministic and never touches torch's global RNG.
         split: "balanced" (B' = U S^1/2, A' = S^1/2 V^T), "left" (B' = U S, A' = V^T) or "right" (B' = U, A' = S V^T).
             Zero singular values give zero columns/rows in every split (their singular vectors are undefined).
         return_singular_values: also return S (N, *batch, rank), descending, in float32 (float64 for float64 input).
@@ -239,8 +263,10 @@ def consensus_tsvd(
         ``(B_new, A_new)`` of shapes (N, *batch, d, rank) and (N, *batch, rank, k) in the input dtype
         (bf16/fp16 are computed in fp32), plus ``S`` when ``return_singular_values``.
 
-    Autograd: differentiable in B, A and W through B_new @ A_new (and S) where sigma_rank > sigma_(rank+1);
-    the backward runs in float64 without forming d x k matrices.
+    Autograd: differentiable in B, A and W through B_new @ A_new where sigma_rank > sigma_(rank+1), including
+    ties among the kept singular values (there the factors themselves are not differentiable, any rotation of a
+    tied pair being an SVD, and the gradient returned is that of the product), and through S where its values
+    are distinct. The backward runs in float64 without forming d x k matrices.
 
     Example:
         >>> import torch, decaf_kernels
@@ -252,7 +278,10 @@ def consensus_tsvd(
         (torch.Size([4, 12, 64, 8]), torch.Size([4, 12, 8, 48]))
     """
     N, batch, d, r, k = V.check_factors(B, A)
+    W = V.dense_mixing(W)
     V.check_mixing(W, N, B, "B", allow_host=True)
+    validate = V.as_flag("validate", validate)
+    return_singular_values = V.as_flag("return_singular_values", return_singular_values)
     if B.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         if W.device.type != "cpu":
             raise ValueError("W is on the GPU while a CUDA graph is being captured; the neighbour lists are read "
@@ -262,23 +291,21 @@ def consensus_tsvd(
                              "pass validate=False inside the capture (and check the inputs before it)")
         if method != "exact":
             raise ValueError(f"method={method!r} cannot be captured in a CUDA graph; pass method='exact'")
-    if rank is None:
-        rank = r
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"rank must be an int or None, got {type(rank).__name__}")
+    rank = r if rank is None else V.as_int("rank", rank)
     if not 1 <= rank <= min(d, k):
         raise ValueError(f"rank must satisfy 1 <= rank <= min(d, k) = {min(d, k)}, got rank={rank}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
-    for name, val in (("oversample", oversample), ("power_iters", power_iters)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {val!r}")
+    oversample = V.as_int("oversample", oversample, minimum=0)
+    power_iters = V.as_int("power_iters", power_iters, minimum=0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    seed = -1 if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    B_new, A_new, S = _consensus_tsvd_op(B, A, W, rank, method, oversample, power_iters, seed, split, bool(validate))
+    # Without a generator the sketch uses a fixed seed: the call is deterministic and the global RNG (which also
+    # drives dropout) is left alone.
+    seed = 0 if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    B_new, A_new, S = _consensus_tsvd_op(B, A, W, rank, method, oversample, power_iters, seed, split, validate)
     return (B_new, A_new, S) if return_singular_values else (B_new, A_new)
 
 
@@ -330,7 +357,7 @@ def mix_factors(X: Tensor, W: Tensor, *, validate: bool = True) -> Tensor:
     Args:
         X: (N, *batch, m, n) a stack of per-agent factors (B or A), any floating dtype (half types are
             mixed in fp32 and returned in their own dtype).
-        W: (N, N) mixing matrix whose rows sum to 1 (checked when ``validate``).
+        W: (N, N) mixing matrix whose rows sum to 1 (checked when ``validate``); dense or sparse (densified).
 
     Returns:
         (N, *batch, m, n) tensor of X's dtype. Differentiable in X and W.
@@ -341,8 +368,11 @@ def mix_factors(X: Tensor, W: Tensor, *, validate: bool = True) -> Tensor:
         True
     """
     V.check_tensor("X", X, min_dim=1)
+    if X.shape[0] == 0:
+        raise ValueError(f"X has no agents: dimension 0 of X {tuple(X.shape)} is 0; expected N >= 1")
+    W = V.dense_mixing(W)
     V.check_mixing(W, X.shape[0], X, "X")
-    return _mix_factors_op(X, W, bool(validate))
+    return _mix_factors_op(X, W, V.as_flag("validate", validate))
 
 
 @torch.library.custom_op("decaf_kernels::mix_products", mutates_args=())
@@ -398,8 +428,9 @@ def mix_products(B: Tensor, A: Tensor, W: Tensor, *, validate: bool = True) -> T
         torch.Size([3, 8, 5])
     """
     V.check_factors(B, A)
+    W = V.dense_mixing(W)
     V.check_mixing(W, B.shape[0], B, "B")
-    return _mix_products_op(B, A, W, bool(validate))
+    return _mix_products_op(B, A, W, V.as_flag("validate", validate))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -499,5 +530,6 @@ def interference(B: Tensor, A: Tensor, W: Tensor, *, relative: bool = False) -> 
         torch.Size([3])
     """
     V.check_factors(B, A)
+    W = V.dense_mixing(W)
     V.check_mixing(W, B.shape[0], B, "B")
-    return _interference_op(B, A, W, bool(relative))
+    return _interference_op(B, A, W, V.as_flag("relative", relative))

@@ -342,3 +342,116 @@ def test_rank_above_numerical_rank_gives_zero_directions(rng, device):
     B2, A2, S = run(device, B, A, W, rank=5, return_singular_values=True)
     assert (S[:, 2:] == 0).all() and (B2[..., 2:] == 0).all() and (A2[..., 2:, :] == 0).all()
     torch.testing.assert_close(B2 @ A2, B @ A, atol=1e-12, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# randomized method: accuracy in fp32, determinism
+# ----------------------------------------------------------------------------------------------------------
+
+
+def near_consensus(gen, N, L, d, k, r, spread, dtype):
+    """N agents whose factors are a common pair perturbed by a relative `spread` (agents close to consensus)."""
+    B0 = torch.randn(d, r, generator=gen, dtype=torch.float64) / d**0.5
+    A0 = torch.randn(r, k, generator=gen, dtype=torch.float64) / k**0.5
+    B = B0 * (1 + spread * torch.randn(N, L, d, r, generator=gen, dtype=torch.float64))
+    A = A0 * (1 + spread * torch.randn(N, L, r, k, generator=gen, dtype=torch.float64))
+    return B.to(dtype), A.to(dtype)
+
+
+def excess_residual(B2, A2, M, Mr) -> float:
+    """(||B'A' - M|| - ||M - M_r||) / ||M||: how much worse than the optimal rank-r residual."""
+    P = B2.detach().double().cpu().numpy() @ A2.detach().double().cpu().numpy()
+    return float((np.linalg.norm(P - M) - np.linalg.norm(M - Mr)) / np.linalg.norm(M))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("oversample", [0, 2, 8, 16])
+def test_randomized_is_near_optimal_for_every_oversampling(oversample, dtype, device):
+    """8 agents of a complete graph, factors 0.1% apart: the sketch's basis must stay orthonormal in fp32 (a
+    basis built through float64 Grams keeps directions below fp32 rounding unless they are cut and the rest
+    re-orthogonalised), so more oversampling may not make the result worse."""
+    gen = torch.Generator().manual_seed(9000 + oversample)
+    N, d, k, r = 8, 128, 128, 8
+    B, A = near_consensus(gen, N, 2, d, k, r, 1e-3, dtype)
+    W = complete(N)
+    M, Mr, _ = oracle(B, A, W, r)
+    Be, Ae = run(device, B, A, W, method="exact")
+    assert excess_residual(Be, Ae, M, Mr) <= 1e-5  # the precondition: exact is near optimal here
+    Br, Ar = run(device, B, A, W, method="randomized", oversample=oversample,
+                 generator=torch.Generator().manual_seed(oversample))
+    bound = 1e-5 if dtype == torch.float32 else 1e-12
+    assert excess_residual(Br, Ar, M, Mr) <= bound
+
+
+@pytest.mark.parametrize("method", ["auto", "randomized"])
+def test_calls_without_generator_are_deterministic_and_leave_the_global_rng(method, rng, device):
+    N, d, k, r = 16, 64, 64, 4
+    B, A = factors(rng, N, (2,), d, k, r, torch.float32)
+    W = torch.rand(N, N, generator=rng, dtype=torch.float64) + 0.1  # dense, all rows distinct
+    W = W / W.sum(1, keepdim=True)
+    state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state() if device.type == "cuda" else None
+    first = run(device, B, A, W, method=method)
+    second = run(device, B, A, W, method=method)
+    assert torch.equal(state, torch.get_rng_state())
+    if cuda_state is not None:
+        assert torch.equal(cuda_state, torch.cuda.get_rng_state())
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float64: LAPACK-level accuracy on wide spectra
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cuda_float64_keeps_gram_route(request, device):
+    """On CUDA, float64 still takes the Gram route (a LAPACK-accurate path there needs a non-Gram small-core kernel
+    that does not synchronise; see docs/design.md): the accuracy tests below are expected to fail there, strictly,
+    so the day the GPU path gets it they turn red and this marker goes."""
+    if device.type == "cuda":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="CUDA float64 resolves only ~1e-8 s_1 (Gram route)"))
+
+
+@pytest.mark.parametrize("ratio", [1e8, 1e10, 1e12])
+def test_float64_keeps_directions_far_below_sqrt_eps(ratio, device, request):
+    """One agent, W = I, rank = r = 2, one column of B `ratio` times the other: B'A' must equal BA to LAPACK's
+    accuracy (a float64 Gram resolves directions only down to ~1e-8 s_1 and used to drop the weak one)."""
+    cuda_float64_keeps_gram_route(request, device)
+    gen = torch.Generator().manual_seed(int(np.log10(ratio)))
+    B = torch.randn(1, 3, 50, 2, generator=gen, dtype=torch.float64)
+    B[..., 0] *= ratio
+    A = torch.randn(1, 3, 2, 40, generator=gen, dtype=torch.float64)
+    W = torch.eye(1, dtype=torch.float64)
+    B2, A2 = run(device, B, A, W, 2, method="exact")
+    P = (B @ A).numpy()
+    U, S, Vh = np.linalg.svd(P, full_matrices=False)
+    lapack = np.linalg.norm((U[..., :2] * S[..., None, :2]) @ Vh[..., :2, :] - P) / np.linalg.norm(P)
+    ours = np.linalg.norm((B2 @ A2).numpy() - P) / np.linalg.norm(P)
+    assert ours <= 100 * max(lapack, EPS[torch.float64]), (ours, lapack)
+
+
+@pytest.mark.parametrize("graph", ["ring", "complete", "star"])
+def test_float64_on_spectra_spanning_1e12(graph, device, request):
+    """Every agent's factors have singular values from 1 down to 1e-12 in random bases: the truncation of M_i
+    (whose spectrum spans the same range) must be within 100x of LAPACK's on the dense M_i."""
+    cuda_float64_keeps_gram_route(request, device)
+    gen = torch.Generator().manual_seed(12 + len(graph))
+    N, L, d, k, r = 4, 2, 40, 36, 6
+    sv = torch.logspace(0, -12, r, dtype=torch.float64)
+    B = torch.empty(N, L, d, r, dtype=torch.float64)
+    A = torch.empty(N, L, r, k, dtype=torch.float64)
+    for j in range(N):
+        for layer in range(L):
+            Ub = torch.linalg.qr(torch.randn(d, r, generator=gen, dtype=torch.float64))[0]
+            Va = torch.linalg.qr(torch.randn(k, r, generator=gen, dtype=torch.float64))[0]
+            B[j, layer] = Ub * sv
+            A[j, layer] = Va.T
+    W = GRAPHS[graph](N)
+    for rank in (r, 2 * r):
+        M, Mr, _ = oracle(B, A, W, rank)
+        U, S, Vh = np.linalg.svd(M, full_matrices=False)
+        lapack = np.linalg.norm((U[..., :rank] * S[..., None, :rank]) @ Vh[..., :rank, :] - Mr) / np.linalg.norm(M)
+        B2, A2 = run(device, B, A, W, rank, method="exact")
+        ours = optimality_error(B2, A2, M, Mr)
+        # LAPACK's own error against the oracle is ~0 (it is the oracle), so compare with its rounding level
+        assert ours <= 100 * max(lapack, 4 * EPS[torch.float64]), (rank, ours, lapack)

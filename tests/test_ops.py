@@ -116,6 +116,44 @@ def test_consensus_tsvd_gradient_of_factors(rng):
     assert _gc(f, (B, A))
 
 
+def _with_spectrum(sv, d, k, gen):
+    """One agent whose product B A has exactly the singular values sv (orthonormal U, V scaled)."""
+    U = torch.linalg.qr(torch.randn(d, len(sv), generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(k, len(sv), generator=gen, dtype=torch.float64))[0]
+    s = torch.tensor(sv, dtype=torch.float64)
+    return (U * s.sqrt()).unsqueeze(0), (s.sqrt()[:, None] * V.T).unsqueeze(0)
+
+
+def test_gradient_with_equal_kept_singular_values(rng):
+    """sigma = (1, 1) at rank = r = 2, W = I: B'A' = BA, so the gradient of <G, B'A'> is (G A^T, B^T G), though the
+    factors themselves are not differentiable there (any rotation of the tied pair is an SVD)."""
+    B0, A0 = _with_spectrum([1.0, 1.0], 6, 5, rng)
+    B, A = B0.clone().requires_grad_(), A0.clone().requires_grad_()
+    G = torch.randn(1, 6, 5, generator=rng, dtype=torch.float64)
+    for split in ("balanced", "left", "right"):
+        B.grad = A.grad = None
+        B2, A2 = dk.consensus_tsvd(B, A, torch.eye(1, dtype=torch.float64), 2, split=split, method="exact")
+        ((B2 @ A2) * G).sum().backward()
+        torch.testing.assert_close(B.grad, G @ A0.mT, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(A.grad, B0.mT @ G, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("sv,rank", [([2.0, 1.0, 1.0], 3), ([1.0, 1.0, 0.3, 0.1], 2), ([1.5, 1.5, 1.5, 0.2], 3)],
+                         ids=["211-rank3", "1-1-tail-rank2", "triple-tie-rank3"])
+def test_gradcheck_with_ties_inside_the_kept_block(sv, rank, rng):
+    """B'A' is smooth wherever sigma_rank > sigma_rank+1, ties among the kept values included (with truncation
+    too); W enters the check as well. (S itself is not differentiable at a tie: the tied values split.)"""
+    B0, A0 = _with_spectrum(sv, 7, 6, rng)
+    B, A = B0.requires_grad_(), A0.requires_grad_()
+    W = torch.eye(1, dtype=torch.float64).requires_grad_()
+
+    def f(B, A, W):
+        B2, A2 = dk.consensus_tsvd(B, A, W, rank, method="exact", validate=False)
+        return B2 @ A2
+
+    assert _gc(f, (B, A, W))
+
+
 @pytest.mark.parametrize("op,args", [
     ("consensus_tsvd", "tsvd"), ("mix_factors", "mix"), ("mix_products", "prod"),
     ("consensus_distance", "dist"), ("interference", "intf"),
