@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import ring
@@ -42,7 +43,13 @@ BAD = [
     ("method", lambda B, A, W: (B, A, W, {"method": "svd"}), ValueError, ["method", "'svd'", "exact"]),
     ("split", lambda B, A, W: (B, A, W, {"split": "middle"}), ValueError, ["split", "'middle'", "balanced"]),
     ("oversample", lambda B, A, W: (B, A, W, {"oversample": -1}), ValueError, ["oversample", "-1"]),
-    ("power-iters", lambda B, A, W: (B, A, W, {"power_iters": 1.5}), ValueError, ["power_iters", "1.5"]),
+    # a float where an int is expected is a TypeError, as for rank
+    ("power-iters", lambda B, A, W: (B, A, W, {"power_iters": 1.5}), TypeError, ["power_iters", "1.5"]),
+    ("rank-bool", lambda B, A, W: (B, A, W, {"rank": True}), TypeError, ["rank", "bool"]),
+    ("B-sparse", lambda B, A, W: (B.to_sparse(), A, W, {}), TypeError, ["B", "dense", "sparse_coo", "to_dense()"]),
+    ("validate-str", lambda B, A, W: (B, A, W, {"validate": "no"}), TypeError, ["validate", "True or False", "'no'"]),
+    ("return-sv-int", lambda B, A, W: (B, A, W, {"return_singular_values": 1}), TypeError,
+     ["return_singular_values", "True or False"]),
     ("generator", lambda B, A, W: (B, A, W, {"generator": 3}), TypeError, ["generator", "int"]),
 ]
 
@@ -109,3 +116,44 @@ def test_non_finite_found_in_every_agent(method):
         with pytest.raises(ValueError, match=rf"{name} must be finite, found -inf at index \(1, 0, 0, 0\)"):
             dk.consensus_tsvd(B, A, W, method=method)
         target[1, 0, 0, 0] = 0.0
+
+
+@pytest.mark.parametrize("value", [np.int64(2), np.int32(2), torch.tensor(2)], ids=["np.int64", "np.int32", "tensor"])
+def test_integer_likes_are_accepted(value):
+    B, A, W = good()
+    ref = dk.consensus_tsvd(B, A, W, 2)
+    out = dk.consensus_tsvd(B, A, W, value)
+    assert torch.equal(ref[0], out[0]) and torch.equal(ref[1], out[1])
+    ref = dk.consensus_tsvd(B, A, W, method="randomized", oversample=2, power_iters=1)
+    out = dk.consensus_tsvd(B, A, W, method="randomized", oversample=value, power_iters=np.int64(1))
+    assert torch.equal(ref[0], out[0])
+    assert len(dk.consensus_tsvd_grouped([B], [A], W, value)[0][0].shape) == 4
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_w_is_accepted_by_every_op(layout):
+    """A graph's W is naturally sparse; it is small, so the ops densify it (same results as the dense W)."""
+    B, A, W = good()
+    Ws = W.to_sparse() if layout == "coo" else W.to_sparse_csr()
+    for op, args in ((dk.consensus_tsvd, (B, A)), (dk.mix_factors, (B,)), (dk.mix_products, (B, A)),
+                     (dk.interference, (B, A))):
+        ref, out = op(*args, W), op(*args, Ws)
+        for x, y in zip(ref if isinstance(ref, tuple) else (ref,), out if isinstance(out, tuple) else (out,)):
+            assert torch.equal(x, y), op.__name__
+
+
+def test_empty_inputs():
+    """No agents is an error that says so; empty matrices or layer dimensions give empty results."""
+    with pytest.raises(ValueError, match=r"X has no agents: dimension 0 of X \(0, 3\) is 0"):
+        dk.mix_factors(torch.ones(0, 3), torch.ones(0, 0))
+    with pytest.raises(ValueError, match="non-zero N, d, r and k"):
+        dk.consensus_tsvd(torch.ones(0, 4, 2), torch.ones(0, 2, 4), torch.ones(0, 0))
+    W = ring(3, torch.float32)
+    assert dk.mix_factors(torch.ones(3, 0, 4), W).shape == (3, 0, 4)
+    Be, Ae = torch.ones(3, 0, 4, 2), torch.ones(3, 0, 2, 4)
+    assert dk.mix_products(Be, Ae, W).shape == (3, 0, 4, 4)
+    assert dk.interference(Be, Ae, W).shape == (3, 0)
+    assert dk.consensus_distance(Be, Ae).shape == (0,)
+    B2, A2 = dk.consensus_tsvd(Be, Ae, W)
+    assert B2.shape == (3, 0, 4, 2) and A2.shape == (3, 0, 2, 4)
