@@ -230,9 +230,10 @@ def backend_info() -> dict:
         "cuda_device": torch.cuda.get_device_name() if cuda_ok else "none",
         "cpu": {
             "consensus_tsvd.gram": cpu_kernel + (" (fp64 accumulation)" if c else " (einsum in float64)"),
-            "consensus_tsvd.small_core": cpu_kernel + (
-                " (pivoted Cholesky, then one-sided Jacobi SVD for float64 data, symmetric eigensolver of the "
-                "squared core for fp32/bf16/fp16 data)" if c else " (eigh + svd)"),
+            "consensus_tsvd.small_core": (cpu_kernel + (
+                " (pivoted Cholesky, then a symmetric eigensolver of the squared core) for fp32/bf16/fp16 data"
+                if c else " (eigh + svd) for fp32/bf16/fp16 data")
+                + "; float64 data: Householder QR of the stacked factors + LAPACK SVD of the core (torch.linalg)"),
             "consensus_tsvd.reconstruct": cpu_kernel + (" (mix_lowrank)" if c else " (einsum)"),
             "mix_factors": "torch matmul (one GEMM over agents)",
             "mix_products": "torch matmul/einsum (dense, for small shapes)",

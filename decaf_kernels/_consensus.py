@@ -345,10 +345,25 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
     return B_new, A_new, S.to(cd)
 
 
+# method="auto" takes the randomized sketch only where it is measured faster by a wide margin: it is exact only for
+# spectra with a gap (on random dense factors it leaves ~6e-3 of ||M|| that exact does not), so exact stays the
+# default until the measured cost model says the sketch is AUTO_MARGIN times cheaper. CPU constants fitted to
+# `python -m bench.auto_method` (bench/RESULTS.md): seconds per unit of the dominant terms, the exact method's
+# small cores (Nu * m^3) and the sketch's passes over the factors (Nu * m * ell * (d + k) * (2 power_iters + 2)).
+AUTO_MARGIN = 4.0
+_CPU_CORE_S = 1.2e-9
+_CPU_SKETCH_S = 7.2e-10
+
+
 def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters: int, device_type: str = "cpu") -> str:
-    """Cost model behind method="auto" (documented in consensus_tsvd's docstring); per agent and layer, since
-    both methods scale alike in the number of agents and layers."""
+    """The method behind method="auto" for cores of size m = deg * r (documented in consensus_tsvd's docstring).
+
+    Per agent and layer: both methods scale alike in the number of agents and layers. On CUDA the randomized
+    method has not been measured against exact, so auto is always exact there.
+    """
+    if device_type != "cpu":
+        return "exact"
     ell = min(rank + oversample, m)
-    exact = (d + k) * m * m + 30 * m ** 3
-    randomized = (d + k) * m * ell * (2 * power_iters + 3) + 30 * ell ** 3
-    return "exact" if exact <= 2 * randomized else "randomized"
+    exact = _CPU_CORE_S * m ** 3
+    randomized = _CPU_SKETCH_S * m * ell * (d + k) * (2 * power_iters + 2)
+    return "randomized" if exact >= AUTO_MARGIN * randomized else "exact"

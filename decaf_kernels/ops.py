@@ -50,7 +50,7 @@ def _consensus_tsvd_op(
         Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
     nb = neighbours(W)
     if method == "auto":
-        method = auto_method(d, k, nb.degree * r, rank, oversample, power_iters)
+        method = auto_method(d, k, nb.degree * r, rank, oversample, power_iters, B.device.type)
     if method == "exact":
         report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
         Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report, out_dtype=B.dtype)
@@ -231,11 +231,15 @@ def consensus_tsvd(
 
     The d x k matrices M_i are never formed. "exact" computes float64 Gram blocks of the neighbours' factors
     (one pass over B and A; fp32 data squared in fp64 is exact), solves the (deg r) x (deg r) core with a
-    rank-revealing pivoted Cholesky and a one-sided Jacobi SVD, and rebuilds the factors with one pass that
-    reads only agent i's neighbours (zeros of W are skipped; agents with identical rows of W are solved once).
-    It is exact up to rounding for any input, including zero, duplicate, ill-conditioned and extreme-magnitude
-    factors. "randomized" sketches M_i in factored form (Halko et al. 2011) with ``rank + oversample`` columns
-    and ``power_iters`` power iterations.
+    rank-revealing pivoted Cholesky and an SVD, and rebuilds the factors with one pass that reads only agent i's
+    neighbours (zeros of W are skipped; agents with identical rows of W are solved once). It is exact up to
+    rounding for any input, including zero, duplicate, ill-conditioned and extreme-magnitude factors: fp32, bf16
+    and fp16 results are optimal to fp32 rounding; float64 on the CPU replaces the Grams by Householder QR of the
+    stacked factors and a LAPACK SVD of the core, for LAPACK-level accuracy on spectra of any width (about 3x
+    the Gram route's time); float64 on CUDA still uses Grams, which resolve directions of M_i down to about
+    1e-8 of the largest. "randomized" sketches M_i in factored form (Halko et al. 2011) with
+    ``rank + oversample`` columns and ``power_iters`` power iterations: near-optimal where M_i's spectrum has a
+    gap after ``rank`` (agents near consensus), approximate where it does not.
 
     Args:
         B: (N, *batch, d, r) LoRA "B" factors of the N agents (any number of batch/layer dimensions).
@@ -246,9 +250,10 @@ def consensus_tsvd(
             per call with GPU factors, and is required inside CUDA-graph capture.
         rank: rank of the result, an int (numpy integers accepted), 1 <= rank <= min(d, k); defaults to r. Directions beyond the numerical rank
             of M_i come back as zero columns of B' / rows of A'.
-        method: "exact", "randomized", or "auto": exact unless its cost model
-            ``(d + k) m^2 + 30 m^3`` (m = deg * r) exceeds twice the randomized one
-            ``(d + k) m (rank + oversample) (2 power_iters + 3)``, i.e. randomized only for very dense graphs.
+        method: "exact", "randomized", or "auto" (the default): exact, unless the CPU cost model measured by
+            ``bench/auto_method.py`` predicts the sketch to be at least 4x faster (cores of m = deg * r ~ 600 and
+            more for d = k = 768, ~1400 for 4096: dozens of distinct dense rows of W). On CUDA, where the two have
+            not been measured against each other, auto is always exact. Deterministic either way.
         oversample: extra sketch columns for "randomized".
         power_iters: power iterations for "randomized".
         generator: seeds the randomized sketch (one draw from it per call). None uses a fixed seed, so the call is

@@ -179,6 +179,33 @@ def test_randomized_is_seeded(rng, device):
     assert not torch.equal(runs[0][0], runs[2][0])
 
 
+@pytest.mark.parametrize("N,d,r,spread", [(12, 768, 8, None), (16, 768, 8, None), (16, 256, 16, 1e-3)],
+                         ids=["N12-d768-dense-rows", "N16-d768-dense-rows", "N16-d256-complete-drift"])
+def test_auto_is_exact_where_exact_is_faster(N, d, r, spread, device):
+    """Cases where the old cost model chose the sketch although exact was faster (5x and 3.4x measured on the CPU)
+    and exact (8e-3 of ||M|| worse on the complete graph): the default must give the exact result."""
+    gen = torch.Generator().manual_seed(N + d)
+    if spread is None:  # every agent has a distinct dense row of W: the worst case for exact
+        B, A = factors(gen, N, (2,), d, d, r, torch.float32)
+        W = torch.rand(N, N, generator=gen, dtype=torch.float64) + 0.1
+        W = W / W.sum(1, keepdim=True)
+    else:
+        B, A = near_consensus(gen, N, 2, d, d, r, spread, torch.float32)
+        W = complete(N)
+    auto = run(device, B, A, W)
+    exact = run(device, B, A, W, method="exact")
+    assert torch.equal(auto[0], exact[0]) and torch.equal(auto[1], exact[1])
+
+
+def test_auto_rule_takes_the_sketch_only_with_a_wide_measured_margin():
+    from decaf_kernels._consensus import AUTO_MARGIN, auto_method
+
+    assert AUTO_MARGIN >= 4
+    assert auto_method(768, 768, 16 * 8, 8, 8, 2, "cpu") == "exact"
+    assert auto_method(768, 768, 128 * 8, 8, 8, 2, "cpu") == "randomized"  # a core of 1024: ~6x by the model
+    assert auto_method(768, 768, 128 * 8, 8, 8, 2, "cuda") == "exact"  # not measured on a GPU: never the sketch
+
+
 def test_auto_picks_exact_for_sparse_graphs(rng, device):
     N, d, k, r = 6, 64, 64, 4
     B, A = factors(rng, N, (), d, k, r, torch.float64)
