@@ -171,9 +171,9 @@ def _householder_core(Bs: torch.Tensor, As: torch.Tensor, slot: torch.Tensor, wb
     k = As.shape[-1]
     Nu, D = slot.shape
     m = D * r
-    X = torch.zeros((L, Nu, m, rank), dtype=torch.float64)
-    Y = torch.zeros((L, Nu, rank, m), dtype=torch.float64)
-    S = torch.zeros((L, Nu, rank), dtype=torch.float64)
+    X = torch.zeros((L, Nu, m, rank), dtype=torch.float64, device=Bs.device)
+    Y = torch.zeros((L, Nu, rank, m), dtype=torch.float64, device=Bs.device)
+    S = torch.zeros((L, Nu, rank), dtype=torch.float64, device=Bs.device)
     step = max(1, _QR_CHUNK_ELEMS // max(1, Nu * m * max(d, k)))
     Bt, At = Bs.mT.transpose(0, 1), As.transpose(0, 1)  # (L, N, r, d), (L, N, r, k) views
 
@@ -202,13 +202,15 @@ def _householder_core(Bs: torch.Tensor, As: torch.Tensor, slot: torch.Tensor, wb
 
 
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
-                    report_non_finite=None, out_dtype=None):
+                    report_non_finite=None, out_dtype=None, float64_qr=None):
     """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k).
 
     report_non_finite: None (no check) or a callable taking "B" or "A", called when that factor has a non-finite
     value (it raises, naming the element in the caller's coordinates). The check reads two booleans on the host;
     with None nothing in this function waits for the device.
     out_dtype: dtype of B_new and A_new (default: the compute dtype); the reconstruction writes it directly.
+    float64_qr: float64 data through Householder QR (see _householder_core) instead of Grams; None = on the CPU.
+    (bench/float64_route.py times both routes side by side.)
 
     Returns (B_new (Nu, L, d, rank), A_new (Nu, L, rank, k), S (Nu, L, rank)) per distinct row of W; S in the
     compute dtype (float32, or float64 for float64 input).
@@ -236,7 +238,9 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         Bs, As = Bf, Af
         outer_b, outer_a, gb, ga, s_scale, coef_b, coef_a = _unscaled_coefs(pl, r, alpha)
 
-    if Bf.dtype == torch.float64 and dev.type == "cpu":
+    if float64_qr is None:
+        float64_qr = dev.type == "cpu"
+    if Bf.dtype == torch.float64 and float64_qr:
         if report_non_finite is not None:
             for name, x in (("B", Bf), ("A", Af)):
                 if not bool(torch.isfinite(x.abs().amax())):
