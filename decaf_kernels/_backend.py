@@ -130,6 +130,14 @@ def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.
         return _triton().mix_lowrank(x, idx, t, out=out, precision=prec, check_index=False)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
+        if ext is not None and D > ext.MIX_MAX_SLOTS:
+            # more neighbours than the kernel's slot table: sum over chunks of slots
+            step = ext.MIX_MAX_SLOTS
+            mix_lowrank(x, idx[:, :step], t[:, :, :step], out)
+            part = torch.empty(out.shape, dtype=out.dtype)
+            for s0 in range(step, D, step):
+                out += mix_lowrank(x, idx[:, s0:s0 + step], t[:, :, s0:s0 + step], part)
+            return out
         if ext is not None:
             x = x if x.dtype == t.dtype else x.to(t.dtype)
             t = t.contiguous()
@@ -178,6 +186,8 @@ def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, targ
     tname = "float64" if target == torch.float64 else "float32"
     dev = Gb.device
     ext = _ext.cpu_ext() if dev.type == "cpu" else _cuda_small_core_block()
+    if ext is not None and m > getattr(ext, "SMALL_CORE_MAX_M" if dev.type == "cpu" else "SMALL_CORE_BLOCK_MAX_M", m):
+        ext = None  # the kernels' workspaces are sized for bounded m; torch's eigh + svd take larger cores
     if ext is not None:
         gb = Gb.reshape(-1, m, m).to(torch.float64).contiguous()
         ga = Ga.reshape(-1, m, m).to(torch.float64).contiguous()

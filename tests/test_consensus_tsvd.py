@@ -482,3 +482,15 @@ def test_float64_on_spectra_spanning_1e12(graph, device, request):
         ours = optimality_error(B2, A2, M, Mr)
         # LAPACK's own error against the oracle is ~0 (it is the oracle), so compare with its rounding level
         assert ours <= 100 * max(lapack, 4 * EPS[torch.float64]), (rank, ours, lapack)
+
+
+def test_exact_takes_cores_larger_than_the_kernels_workspace(device):
+    """m = deg * r above the compiled small core's limit (1024 on the CPU) used to raise an internal ValueError;
+    such cores now go to the float64 torch fallback and stay optimal."""
+    gen = torch.Generator().manual_seed(1120)
+    N, d, k, r = 70, 40, 36, 16  # complete graph: one core of m = 1120
+    B, A = factors(gen, N, (), d, k, r, torch.float32)
+    W = complete(N)
+    B2, A2 = run(device, B, A, W, method="exact")
+    M, Mr, _ = oracle(B[:, None], A[:, None], W, r)
+    assert optimality_error(B2[:, None], A2[:, None], M, Mr) <= tol(B, A, W, r, torch.float32)
