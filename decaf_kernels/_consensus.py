@@ -350,13 +350,14 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
 
 
 # method="auto" takes the randomized sketch only where it is measured faster by a wide margin: it is exact only for
-# spectra with a gap (on random dense factors it leaves ~6e-3 of ||M|| that exact does not), so exact stays the
-# default until the measured cost model says the sketch is AUTO_MARGIN times cheaper. CPU constants fitted to
-# `python -m bench.auto_method` (bench/RESULTS.md): seconds per unit of the dominant terms, the exact method's
-# small cores (Nu * m^3) and the sketch's passes over the factors (Nu * m * ell * (d + k) * (2 power_iters + 2)).
+# spectra with a gap (on random dense factors it leaves ~5e-3 of ||M|| that exact does not), so exact stays the
+# default until the sketch is predicted AUTO_MARGIN times faster. The prediction is a fit to `python -m
+# bench.auto_method --threads 1` on the CPU (bench/RESULTS.md: fp32, dense W, m from 64 to 1024, d = k = 256, 768
+# and 4096): time(exact) / time(randomized) ~ (m / 159)^1.5 * (1536 / (d + k))^q, q = 0.5 below d + k = 1536 and
+# 1.27 above, at the default sketch (2 power iterations; more cost the sketch proportionally more passes). It errs
+# low: no measured point it sends to the sketch was less than 4x faster there.
 AUTO_MARGIN = 4.0
-_CPU_CORE_S = 1.2e-9
-_CPU_SKETCH_S = 7.2e-10
+_AUTO_M1 = 159.0
 
 
 def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters: int, device_type: str = "cpu") -> str:
@@ -367,7 +368,6 @@ def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters:
     """
     if device_type != "cpu":
         return "exact"
-    ell = min(rank + oversample, m)
-    exact = _CPU_CORE_S * m ** 3
-    randomized = _CPU_SKETCH_S * m * ell * (d + k) * (2 * power_iters + 2)
-    return "randomized" if exact >= AUTO_MARGIN * randomized else "exact"
+    width = 1536.0 / (d + k)
+    ratio = (m / _AUTO_M1) ** 1.5 * width ** (0.5 if width > 1 else 1.27) * 6.0 / (2 * power_iters + 2)
+    return "randomized" if ratio >= AUTO_MARGIN else "exact"

@@ -245,15 +245,15 @@ def consensus_tsvd(
         B: (N, *batch, d, r) LoRA "B" factors of the N agents (any number of batch/layer dimensions).
         A: (N, *batch, r, k) LoRA "A" factors, same dtype and device as B.
         W: (N, N) mixing matrix, row i = the weights agent i gives its neighbours; rows must sum to 1
-            (W need not be symmetric). Any floating dtype; used in float64. Dense or sparse (COO/CSR, densified). On B's device or on the CPU: the
-            neighbour lists are built on the host (cached by W's values), so a CPU W saves a device-to-host copy
-            per call with GPU factors, and is required inside CUDA-graph capture.
-        rank: rank of the result, an int (numpy integers accepted), 1 <= rank <= min(d, k); defaults to r. Directions beyond the numerical rank
-            of M_i come back as zero columns of B' / rows of A'.
+            (W need not be symmetric). Any floating dtype; used in float64. Dense or sparse (COO/CSR, densified).
+            On B's device or on the CPU: the neighbour lists are built on the host (cached by W's values), so a
+            CPU W saves a device-to-host copy per call with GPU factors, and is required inside CUDA-graph capture.
+        rank: rank of the result, an int (numpy integers accepted), 1 <= rank <= min(d, k); defaults to r.
+            Directions beyond the numerical rank of M_i come back as zero columns of B' / rows of A'.
         method: "exact", "randomized", or "auto" (the default): exact, unless the CPU cost model measured by
-            ``bench/auto_method.py`` predicts the sketch to be at least 4x faster (cores of m = deg * r ~ 600 and
-            more for d = k = 768, ~1400 for 4096: dozens of distinct dense rows of W). On CUDA, where the two have
-            not been measured against each other, auto is always exact. Deterministic either way.
+            ``bench/auto_method.py`` predicts the sketch to be at least 4x faster (cores of m = deg * r above
+            ~280 for d = k = 256, ~400 for 768, ~1650 for 4096: dozens of distinct dense rows of W). On CUDA,
+            where the two have not been measured against each other, auto is always exact. Deterministic.
         oversample: extra sketch columns for "randomized".
         power_iters: power iterations for "randomized".
         generator: seeds the randomized sketch (one draw from it per call). None uses a fixed seed, so the call is
