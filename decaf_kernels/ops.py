@@ -235,7 +235,7 @@ def consensus_tsvd(
     neighbours (zeros of W are skipped; agents with identical rows of W are solved once). It is exact up to
     rounding for any input, including zero, duplicate, ill-conditioned and extreme-magnitude factors: fp32, bf16
     and fp16 results are optimal to fp32 rounding; float64 on the CPU replaces the Grams by Householder QR of the
-    stacked factors and a LAPACK SVD of the core, for LAPACK-level accuracy on spectra of any width (about 3x
+    stacked factors and a LAPACK SVD of the core, for LAPACK-level accuracy on spectra of any width (2-4x
     the Gram route's time); float64 on CUDA still uses Grams, which resolve directions of M_i down to about
     1e-8 of the largest. "randomized" sketches M_i in factored form (Halko et al. 2011) with
     ``rank + oversample`` columns and ``power_iters`` power iterations: near-optimal where M_i's spectrum has a
