@@ -39,7 +39,7 @@ def _triton():
             from . import triton_kernels as tk
 
             if not tk.is_available():
-                raise ImportError("triton is not installed")
+                raise ImportError(tk.unavailable_reason())
             _triton_mod = tk
         except Exception as err:  # noqa: BLE001 - any import failure means "use the fallback"
             _triton_err = f"{type(err).__name__}: {err}"

@@ -4,8 +4,6 @@ Every op has a fake (meta) implementation, so it works under ``torch.compile(ful
 checks run in the Python wrappers, value checks inside the ops. See each function's docstring.
 """
 
-from __future__ import annotations
-
 from typing import Optional
 
 import torch

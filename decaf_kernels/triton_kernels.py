@@ -56,6 +56,15 @@ except ImportError as _err:  # pragma: no cover - exercised only where triton is
     tl = None
     _TRITON_IMPORT_ERROR = _err
 
+#: The oldest Triton the kernels run on: 3.5 is the first whose tl.dot takes float64 (the fp64 Gram mode). torch
+#: before 2.9 pins an older Triton; CUDA tensors then take the pure-PyTorch fallback.
+MIN_TRITON = (3, 5)
+if triton is not None and tuple(int(p) for p in triton.__version__.split(".")[:2]) < MIN_TRITON:
+    _TRITON_IMPORT_ERROR = ImportError(
+        f"Triton {triton.__version__} is older than 3.5, the first whose tl.dot takes float64 (the fp64 Gram kernels)"
+    )
+    triton = tl = None
+
 __all__ = [
     "is_available",
     "interpreter_active",
@@ -100,8 +109,13 @@ _MAX_TILE_BYTES = 64 * 1024  # operand bytes per pipeline stage (A tile + B tile
 
 
 def is_available() -> bool:
-    """Whether Triton could be imported (the kernels in this module are defined)."""
+    """Whether Triton could be imported and is new enough (the kernels in this module are defined)."""
     return triton is not None
+
+
+def unavailable_reason() -> str:
+    """Why is_available() is False ("" when it is True)."""
+    return "" if triton is not None else str(_TRITON_IMPORT_ERROR)
 
 
 def _env_flag(name: str) -> bool:

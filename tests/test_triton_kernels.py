@@ -45,6 +45,8 @@ def _load_module():
 
 
 tk = _load_module()
+if not tk.is_available():
+    pytest.skip(f"the Triton kernels cannot be tested: {tk.unavailable_reason()}", allow_module_level=True)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not tk.interpreter_active():
     pytest.skip("no CUDA device and TRITON_INTERPRET is set to off: the kernels cannot run", allow_module_level=True)

@@ -15,6 +15,10 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 import decaf_kernels as dk  # noqa: E402
 from decaf_kernels import _backend  # noqa: E402
+from decaf_kernels import triton_kernels  # noqa: E402
+
+if not triton_kernels.is_available():
+    pytest.skip(f"the Triton kernels cannot be checked: {triton_kernels.unavailable_reason()}", allow_module_level=True)
 
 
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 2e-6), (torch.float64, 1e-13)], ids=["fp32", "fp64"])
