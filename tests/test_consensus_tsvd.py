@@ -433,10 +433,10 @@ def test_calls_without_generator_are_deterministic_and_leave_the_global_rng(meth
 
 def cuda_float64_keeps_gram_route(request, device):
     """On CUDA, float64 still takes the Gram route (a LAPACK-accurate path there needs a non-Gram small-core kernel
-    that does not synchronise; README, "How it works"): the accuracy tests below are expected to fail there, strictly,
-    so the day the GPU path gets it they turn red and this marker goes."""
+    that does not synchronise; README, "How it works"): the accuracy tests below are expected to fail there (not
+    strictly: a Gram-route error can land under the bound on some graphs; the GPU run's report lists XPASS/XFAIL)."""
     if device.type == "cuda":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="CUDA float64 resolves only ~1e-8 s_1 (Gram route)"))
+        request.applymarker(pytest.mark.xfail(reason="CUDA float64 resolves only ~1e-8 s_1 (Gram route)"))
 
 
 @pytest.mark.parametrize("ratio", [1e8, 1e10, 1e12])
