@@ -1,6 +1,6 @@
 """Benchmarks and the demonstration of decaf-kernels.
 
-* ``bench.cases``      the frozen benchmark cases of DESIGN.md and their inputs
+* ``bench.cases``      the frozen benchmark cases of docs/design.md and their inputs
 * ``bench.baselines``  the comparison set (dense SVD, dense svd_lowrank, factored QR / Cholesky, DLoRA)
                        and the float64 optimality oracle; pure PyTorch, no decaf_kernels import
 * ``bench.compare``    ``python -m bench.compare``: every method side by side in one process

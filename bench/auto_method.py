@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import decaf_kernels as dk
+from decaf_kernels._consensus import auto_method  # the rule these numbers are set against
 
 from .compare import run_conditions
 
@@ -111,9 +112,7 @@ def main(argv=None) -> int:
             tr, (Br, Ar) = timed(lambda: dk.consensus_tsvd(B, A, W, method="randomized"), device, args.reps,
                                  args.budget)
             ee, er = excess(Be, Ae, B, A, W, r), excess(Br, Ar, B, A, W, r)
-            from decaf_kernels._consensus import auto_method  # the rule being checked against these numbers
-
-            pick = auto_method(d, d, N * r, r, 8, 2, device.type)
+            pick = auto_method(d, d, N * r, 2, device.type)
             print(f"{N:>3} {L:>2} {d:>5} {r:>3} {N * r:>5} {te * 1e3:>10.1f} {tr * 1e3:>10.1f} {te / tr:>10.2f} "
                   f"{ee:>12.1e} {er:>12.1e} {pick:>10}", flush=True)
             f.write(json.dumps({"N": N, "L": L, "d": d, "k": d, "r": r, "m": N * r, "dtype": args.dtype,

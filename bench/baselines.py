@@ -1,4 +1,4 @@
-"""The comparison set of DESIGN.md, in plain PyTorch (this module never imports decaf_kernels).
+"""The comparison set of docs/design.md, in plain PyTorch (this module never imports decaf_kernels).
 
 Every method has the signature ``method(B, A, W, rank) -> (B_new, A_new)`` with
 ``B: (N, *batch, d, r)``, ``A: (N, *batch, r, k)``, ``W: (N, N)`` (row i = the weights agent i gives

@@ -1,4 +1,4 @@
-"""The benchmark cases of DESIGN.md and the inputs every method is timed on.
+"""The benchmark cases of docs/design.md and the inputs every method is timed on.
 
 The table is frozen: every run of ``bench.compare``, the pytest-benchmark tests and the demo use the
 same cases, so numbers from different runs and machines can be put side by side.

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +24,9 @@ import decaf_kernels as dk
 from decaf_kernels._consensus import consensus_exact
 from decaf_kernels._graph import neighbours
 
+from .auto_method import timed
 from .cases import get_case, make_inputs, ring_mixing
 from .compare import run_conditions
-
-
-def _median_ms(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
 
 
 def graded_error(float64_qr: bool, seed: int = 0) -> float:
@@ -73,8 +62,8 @@ def main(argv=None) -> int:
             case = get_case(name)
             B, A, W = make_inputs(case, dtype=torch.float64)
             nb = neighbours(W)
-            t = {qr: _median_ms(lambda: consensus_exact(B, A, nb, case.r, 0.5, float64_qr=qr), args.reps)
-                 for qr in (False, True)}
+            t = {qr: 1e3 * timed(lambda: consensus_exact(B, A, nb, case.r, 0.5, float64_qr=qr), torch.device("cpu"),
+                                 args.reps, budget=float("inf"))[0] for qr in (False, True)}
             print(f"{name:>8} {t[False]:>10.1f} {t[True]:>15.1f} {t[True] / t[False]:>7.2f}", flush=True)
             f.write(json.dumps({"case": name, "gram_ms": t[False], "householder_ms": t[True],
                                 "graded_error_gram": errs[False], "graded_error_householder": errs[True],

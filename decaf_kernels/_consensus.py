@@ -1,4 +1,4 @@
-"""The factored consensus truncated SVD (DESIGN.md, "The key computation").
+"""The factored consensus truncated SVD (docs/design.md, "The consensus step without d x k matrices").
 
 For agent i with neighbours j_1..j_D (W[i, j] != 0) let Bc = [W_ij B_j]_j (d x m) and Ac = [A_j]_j (m x k),
 m = D r, so that M_i = Bc Ac. The exact method never forms M_i:
@@ -63,9 +63,14 @@ def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, pl, Bf: torch.T
             report(name)
     if pl.uncovered.numel():
         missing = pl.uncovered.to(Bf.device)
-        for name, X in (("B", Bf), ("A", Af)):
-            if not bool(torch.isfinite(X[missing].abs().amax())):
-                report(name)
+        _scan_finite(Bf[missing], Af[missing], report)
+
+
+def _scan_finite(Bx: torch.Tensor, Ax: torch.Tensor, report) -> None:
+    """report("B") / report("A") when that tensor holds a non-finite value (max |x| is NaN or inf exactly then)."""
+    for name, X in (("B", Bx), ("A", Ax)):
+        if not bool(torch.isfinite(X.abs().amax())):
+            report(name)
 
 
 @dataclass(frozen=True)
@@ -125,28 +130,30 @@ def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
     return plan
 
 
-def _slot_coefs(wb: torch.Tensor, ca: torch.Tensor, r: int, alpha: float):
+def _slot_coefs(wb: torch.Tensor, ca: torch.Tensor, alpha: float):
     """Per-slot coefficients from wb (weight x scale of each B slot) and ca (scale of each A slot), (L or 1, Nu, D):
-    the assembly products of both sides (normalised by the row maxima hb, ha), the reconstruction factors gb, ga that
-    undo the normalisation (Bc = hb Bc~, Ac = ha Ac~ => S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha,
-    A' = (hb ha)^(1 - alpha) Y~ Ac~), the scale hb ha of S, and the normalised slot coefficients of Bc~ and Ac~."""
+    the slot coefficients of Bc~ and Ac~ (normalised by the row maxima hb, ha), the reconstruction factors gb, ga
+    that undo the normalisation (Bc = hb Bc~, Ac = ha Ac~ => S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha,
+    A' = (hb ha)^(1 - alpha) Y~ Ac~) and the scale hb ha of S. The Gram route assembles with their
+    :func:`_outer_coef` products."""
     hb = wb.abs().amax(-1, keepdim=True)
     ha = ca.abs().amax(-1, keepdim=True)
     hb = torch.where(hb > 0, hb, torch.ones_like(hb))
     ha = torch.where(ha > 0, ha, torch.ones_like(ha))
-    gb = (wb / hb) * (hb.pow(alpha) * ha.pow(alpha))
-    ga = (ca / ha) * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
     cb, cn = wb / hb, ca / ha
-    return _outer_coef(cb, r), _outer_coef(cn, r), gb, ga, hb * ha, cb, cn
+    gb = cb * (hb.pow(alpha) * ha.pow(alpha))
+    ga = cn * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
+    return cb, cn, gb, ga, hb * ha
 
 
 def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
-    """:func:`_slot_coefs` for data without per-agent scales (every dtype but float64): they depend on W alone, so
-    they are made once per (W, device, r, alpha) and cached in the plan."""
+    """:func:`_slot_coefs` and the assembly products for data without per-agent scales (every dtype but float64):
+    they depend on W alone, so they are made once per (W, device, r, alpha) and cached in the plan."""
     hit = pl.coefs.get(alpha)
     if hit is None:
         _not_while_capturing(pl.idx.device)
-        hit = pl.coefs[alpha] = _slot_coefs((pl.weights * pl.active)[None], pl.active[None], r, alpha)
+        coefs = _slot_coefs((pl.weights * pl.active)[None], pl.active[None], alpha)
+        hit = pl.coefs[alpha] = (coefs, (_outer_coef(coefs[0], r), _outer_coef(coefs[1], r)))
     return hit
 
 
@@ -232,25 +239,25 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         As = Af / ca[:, :, None, None].to(Af.dtype)
         cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
         ca_slot = ca[slot].permute(2, 0, 1) * active
-        outer_b, outer_a, gb, ga, s_scale, coef_b, coef_a = _slot_coefs(w[None] * cb_slot, ca_slot, r, alpha)
+        coefs, outer = _slot_coefs(w[None] * cb_slot, ca_slot, alpha), None
     else:
         # no per-layer scales: every coefficient depends on W alone, so it is made once per (W, device, r, alpha)
         Bs, As = Bf, Af
-        outer_b, outer_a, gb, ga, s_scale, coef_b, coef_a = _unscaled_coefs(pl, r, alpha)
+        coefs, outer = _unscaled_coefs(pl, r, alpha)
+    coef_b, coef_a, gb, ga, s_scale = coefs
 
     if float64_qr is None:
         float64_qr = dev.type == "cpu"
     if Bf.dtype == torch.float64 and float64_qr:
         if report_non_finite is not None:
-            for name, x in (("B", Bf), ("A", Af)):
-                if not bool(torch.isfinite(x.abs().amax())):
-                    report_non_finite(name)
+            _scan_finite(Bf, Af, report_non_finite)
         X, Y, S = _householder_core(Bs, As, slot, coef_b, coef_a, rank, alpha)
     else:
         GB = _backend.pair_gram(Bs, pl.pairs, pl.groups)  # (L, T, r, r) float64
         GA = _backend.pair_gram(As.mT, pl.pairs, pl.groups)
         if report_non_finite is not None:
             _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
+        outer_b, outer_a = outer if outer is not None else (_outer_coef(coef_b, r), _outer_coef(coef_a, r))
         Gb = _assemble(GB, pl.index, outer_b)
         Ga = _assemble(GA, pl.index, outer_a)
         X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd,
@@ -360,7 +367,7 @@ AUTO_MARGIN = 4.0
 _AUTO_M1 = 159.0
 
 
-def auto_method(d: int, k: int, m: int, rank: int, oversample: int, power_iters: int, device_type: str = "cpu") -> str:
+def auto_method(d: int, k: int, m: int, power_iters: int, device_type: str = "cpu") -> str:
     """The method behind method="auto" for cores of size m = deg * r (documented in consensus_tsvd's docstring).
 
     Per agent and layer: both methods scale alike in the number of agents and layers. On CUDA the randomized

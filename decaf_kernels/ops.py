@@ -48,7 +48,7 @@ def _consensus_tsvd_op(
         Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
     nb = neighbours(W)
     if method == "auto":
-        method = auto_method(d, k, nb.degree * r, rank, oversample, power_iters, B.device.type)
+        method = auto_method(d, k, nb.degree * r, power_iters, B.device.type)
     if method == "exact":
         report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
         Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report, out_dtype=B.dtype)
@@ -86,6 +86,11 @@ def _(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, split, need_W):
     return B.new_empty(B.shape), A.new_empty(A.shape), W.new_empty(W.shape)
 
 
+# Kept singular values closer than this (relative) are treated as tied: (a + b) / (s_j - s_i) would be mostly
+# rounding there (float64 J and K carry errors of ~eps |J|), while the tie limit is exact for losses of B'A' and S.
+_TIE_RTOL = float(torch.finfo(torch.float64).eps) ** 0.5
+
+
 def _svd_coupling(J: Tensor, K: Tensor, s: Tensor, R1: int) -> Tensor:
     """Off-diagonal part of the SVD derivative, Z_ij = (s_j a_ij + s_i b_ij) / (s_j^2 - s_i^2) with a = J - J^T,
     b = K - K^T (Townsend 2016), written as (a + b) / (2 (s_j - s_i)) + (a - b) / (2 (s_j + s_i)).
@@ -109,11 +114,6 @@ def _svd_coupling(J: Tensor, K: Tensor, s: Tensor, R1: int) -> Tensor:
                         (a + b) / (2 * torch.where(ok & ~tie, diff, one)))
     second = (a - b) / (2 * torch.where(ok, total, one))
     return torch.where(ok, first + second, torch.zeros_like(diff))
-
-
-# Kept singular values closer than this (relative) are treated as tied: (a + b) / (s_j - s_i) would be mostly
-# rounding there (float64 J and K carry errors of ~eps |J|), while the tie limit is exact for losses of B'A' and S.
-_TIE_RTOL = float(torch.finfo(torch.float64).eps) ** 0.5
 
 
 def _consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: bool):

@@ -1,12 +1,12 @@
 """Triton kernels for the two bandwidth-bound passes of the factored consensus TSVD.
 
 * :func:`pair_gram` -- Gram blocks ``x[j]^T x[k]`` of stacked neighbour factors, accumulated in
-  float64 by default so that fp32 data gives exact products (step 2 of the algorithm in DESIGN.md);
+  float64 by default so that fp32 data gives exact products (step 1 of the algorithm in docs/design.md);
   faster float32 / tensor-core precisions are selected with ``precision=``. With a
   :func:`pair_groups` plan, one program computes all the blocks of one factor ``x[j]`` with its
   partners, so every tile of ``x[j]`` is loaded once for all of them.
 * :func:`mix_lowrank` -- the reconstruction pass ``out[i] = sum_s x[idx[i, s]] @ t[i, s]``, a batched
-  low-rank product mixing where every output reads only the agent's neighbours (step 4).
+  low-rank product mixing where every output reads only the agent's neighbours (step 3).
 
 Layering follows Liger-Kernel: ``_<op>_kernel`` is the ``@triton.jit`` body (its docstring says what
 one program instance computes), ``<op>`` is the launch wrapper (checks, shapes, grid, allocation).
@@ -59,7 +59,8 @@ except ImportError as _err:  # pragma: no cover - exercised only where triton is
 #: The oldest Triton the kernels run on: 3.5 is the first whose tl.dot takes float64 (the fp64 Gram mode). torch
 #: before 2.9 pins an older Triton; CUDA tensors then take the pure-PyTorch fallback.
 MIN_TRITON = (3, 5)
-if triton is not None and tuple(int(p) for p in triton.__version__.split(".")[:2]) < MIN_TRITON:
+_TRITON_TOO_OLD = triton is not None and tuple(int(p) for p in triton.__version__.split(".")[:2]) < MIN_TRITON
+if _TRITON_TOO_OLD:
     _TRITON_IMPORT_ERROR = ImportError(
         f"Triton {triton.__version__} is older than 3.5, the first whose tl.dot takes float64 (the fp64 Gram kernels)"
     )
@@ -116,6 +117,11 @@ def is_available() -> bool:
 def unavailable_reason() -> str:
     """Why is_available() is False ("" when it is True)."""
     return "" if triton is not None else str(_TRITON_IMPORT_ERROR)
+
+
+def triton_too_old() -> bool:
+    """Triton is installed but older than MIN_TRITON (the one reason besides its absence to go without it)."""
+    return _TRITON_TOO_OLD
 
 
 def _env_flag(name: str) -> bool:

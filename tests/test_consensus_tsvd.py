@@ -201,9 +201,9 @@ def test_auto_rule_takes_the_sketch_only_with_a_wide_measured_margin():
     from decaf_kernels._consensus import AUTO_MARGIN, auto_method
 
     assert AUTO_MARGIN >= 4
-    assert auto_method(768, 768, 16 * 8, 8, 8, 2, "cpu") == "exact"
-    assert auto_method(768, 768, 128 * 8, 8, 8, 2, "cpu") == "randomized"  # a core of 1024: ~6x by the model
-    assert auto_method(768, 768, 128 * 8, 8, 8, 2, "cuda") == "exact"  # not measured on a GPU: never the sketch
+    assert auto_method(768, 768, 16 * 8, 2, "cpu") == "exact"
+    assert auto_method(768, 768, 128 * 8, 2, "cpu") == "randomized"  # a core of 1024: ~6x by the model
+    assert auto_method(768, 768, 128 * 8, 2, "cuda") == "exact"  # not measured on a GPU: never the sketch
 
 
 def test_auto_picks_exact_for_sparse_graphs(rng, device):
@@ -214,7 +214,7 @@ def test_auto_picks_exact_for_sparse_graphs(rng, device):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# numerical traps (DESIGN.md): each checked for optimality against the float64 oracle
+# numerical traps (docs/design.md, "Numerics"): each checked for optimality against the float64 oracle
 # ----------------------------------------------------------------------------------------------------------
 
 
