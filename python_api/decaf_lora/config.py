@@ -3,6 +3,10 @@
 The defaults are the built-in default task (what ``make demo`` runs): WordNet noun supersenses, the
 all-MiniLM-L6-v2 encoder with LoRA on its query and value projections, 8 agents on a ring with
 Metropolis-Hastings weights, Dirichlet(0.5) non-IID partition.
+
+A leaf of the package: loading and checking a configuration imports neither torch nor numpy, transformers or
+:mod:`decaf_kernels` (the names it checks against come from :mod:`decaf_lora.names`), so the command line can
+refuse a bad setting at once.
 """
 
 from __future__ import annotations
@@ -11,18 +15,15 @@ import dataclasses
 import hashlib
 import json
 import math
-import numbers
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .algorithms import ALGORITHMS, MOMENT_POLICIES
-from .models import BUILTIN_MODEL
-
-DATA_BUILTIN = "wordnet"
-SPLITS = ("balanced", "left", "right")
+from ._checks import check_choice, is_real, shown
+from .names import (ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS, GRAPHS,
+                    MOMENT_POLICIES, PARTITIONS, SPLITS, TIME_VARYING, WEIGHTS)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TrainConfig:
     # data
     data: str = DATA_BUILTIN  # "wordnet" or a .csv/.jsonl file of (text, label)
     test_data: Optional[str] = None  # user data: a test file; without one, test_fraction of `data` is held out
-    wordnet_path: str = "/usr/share/wordnet/data.noun"
+    wordnet_path: str = DEFAULT_WORDNET_NOUNS
     text_column: str = "text"
     label_column: str = "label"
     train_size: int = 2000  # built-in task: examples picked class-balanced for training ...
@@ -136,19 +137,9 @@ _FLOATS = {"lora_alpha": (0.0, False, math.inf, False), "lora_dropout": (0.0, Tr
 _INT_NOTES = {"agents": " (a decentralised run needs two agents)", "length_grouping": " (0 or 1: off)",
               "checkpoint_every": " (0: no checkpoints)"}
 _DEVICE = re.compile(r"(cpu|cuda(:\d+)?|auto)")
-
-
-def _choices() -> dict:
-    from .data import PARTITIONS
-    from .graphs import GRAPHS, TIME_VARYING, WEIGHTS
-
-    return {"algorithm": ALGORITHMS, "moments": MOMENT_POLICIES, "split": SPLITS,
-            "consensus_method": ("exact", "randomized", "auto"), "partition": PARTITIONS,
+_CHOICES = {"algorithm": ALGORITHMS, "moments": MOMENT_POLICIES, "split": SPLITS,
+            "consensus_method": CONSENSUS_METHODS, "partition": PARTITIONS,
             "graph": GRAPHS + ("custom",), "weights": WEIGHTS, "time_varying": TIME_VARYING}
-
-
-def _shown(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
 
 
 def _number(name: str, value: Any, expected: str) -> float | int:
@@ -162,9 +153,9 @@ def _number(name: str, value: Any, expected: str) -> float | int:
             try:
                 value = float(text)
             except ValueError:
-                raise TypeError(f"{name} must be {expected}, got {_shown(given)}") from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {expected}, got {_shown(given)}")
+                raise TypeError(f"{name} must be {expected}, got {shown(given)}") from None
+    if not is_real(value):
+        raise TypeError(f"{name} must be {expected}, got {shown(given)}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be {expected} (finite), got {given!r}")
     return value
@@ -195,13 +186,13 @@ def _normalise(name: str, value: Any) -> Any:
     if kind == "bool":
         # a quoted "false" is a non-empty string, which Python counts as true: refuse it rather than guess
         if not isinstance(value, bool):
-            raise TypeError(f"{name} must be true or false (a boolean, unquoted in YAML/JSON), got {_shown(value)}")
+            raise TypeError(f"{name} must be true or false (a boolean, unquoted in YAML/JSON), got {shown(value)}")
         return value
     if kind == "List[str]":
         if isinstance(value, str):  # "decaf,dlora" from the command line
             value = value.split(",")
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise TypeError(f"{name} must be a list of names or a comma-separated string, got {_shown(value)}")
+            raise TypeError(f"{name} must be a list of names or a comma-separated string, got {shown(value)}")
         items = [v.strip() for v in value if v.strip()]
         if not items:
             raise ValueError(f"{name} must name at least one {'algorithm' if name == 'algorithms' else 'module'}, "
@@ -220,11 +211,11 @@ def _normalise(name: str, value: Any) -> Any:
         what = {"data": f"{DATA_BUILTIN!r} or the path of a .csv/.jsonl file (a string)",
                 "model": f"{BUILTIN_MODEL!r} or the path of a transformers model folder (a string)"}.get(
                     name, "a path (a string)" if name in _PATHS else "a string")
-        raise TypeError(f"{name} must be {what}, got {_shown(value)}")
-    choices = _choices().get(name)
-    if choices is not None and value not in choices:
-        if name == "algorithm":
-            raise ValueError(f"unknown algorithm {value!r}; expected one of {choices}")
+        raise TypeError(f"{name} must be {what}, got {shown(value)}")
+    choices = _CHOICES.get(name)
+    if name == "algorithm":
+        check_choice("algorithm", value, choices)
+    elif choices is not None and value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     if name == "device" and not _DEVICE.fullmatch(value):
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
+from .names import BUILTIN_MODEL
+
 EXPORT_INFO = "decaf_export.json"
 
 

@@ -30,9 +30,10 @@ import decaf_kernels
 from . import data as D
 from .adapters import AgentStacks
 from .algorithms import make_algorithm
-from .config import DATA_BUILTIN, TrainConfig
+from .config import TrainConfig
 from .graphs import Topology
 from .models import EXPORT_INFO, build_lora_classifier, load_tokenizer, pick_device, write_export_info
+from .names import DATA_BUILTIN
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
 from .runfiles import check_out_dir as _check_out_dir
