@@ -2,7 +2,7 @@
 
 The module is a raw-pointer pybind11 extension, so these tests drive it with numpy arrays
 (``arr.ctypes.data``) and need no torch. Every kernel runs on each instruction-set path this CPU
-supports ("baseline" is the plain-loop code that the CUDA port will share).
+supports ("baseline" is the plain-loop code).
 
 Tolerances are derived, not tuned; each comes with its reasoning next to it.
 """

@@ -352,30 +352,6 @@ def test_non_default_stream_and_cuda_graph():
         check_problem(*fac2[b], direct[0][b], direct[1][b], direct[2][b], direct[3][b], rank, "float64")
 
 
-def test_matches_per_thread_cuda_kernel():
-    """The per-thread CUDA build (the same code as the CPU) as a second GPU implementation."""
-    rng = np.random.default_rng(33)
-    m, rank = 24, 8
-    fac = [make_factors(rng, m, k) for k in KINDS]
-    gb = torch.tensor(np.stack([grams(*f)[0] for f in fac]), device=DEV)
-    ga = torch.tensor(np.stack([grams(*f)[1] for f in fac]), device=DEV)
-    batch = len(fac)
-    X, Y, S, info = run_block(gb, ga, rank, 0.5)
-    wd, wi = _C_cuda.small_core_work_sizes(m)
-    x = torch.empty((batch, m, rank), dtype=torch.float64, device=DEV)
-    y = torch.empty((batch, rank, m), dtype=torch.float64, device=DEV)
-    s = torch.empty((batch, rank), dtype=torch.float64, device=DEV)
-    inf = torch.empty((batch,), dtype=torch.int32, device=DEV)
-    work = torch.empty(batch * wd, dtype=torch.float64, device=DEV)
-    iwork = torch.empty(batch * wi, dtype=torch.int32, device=DEV)
-    _C_cuda.small_core(gb.data_ptr(), ga.data_ptr(), batch, m, rank, 0.5, x.data_ptr(), y.data_ptr(), s.data_ptr(),
-                       inf.data_ptr(), work.data_ptr(), iwork.data_ptr(), torch.cuda.current_stream().cuda_stream)
-    torch.cuda.synchronize()
-    St = s.cpu().numpy()
-    assert np.array_equal(St == 0, S == 0)
-    assert np.abs(St - S).max() <= 1e-12 * np.abs(S).max()
-
-
 def test_argument_checks():
     with pytest.raises(ValueError):
         _C_cuda.small_core_block_work_doubles(0)

@@ -54,8 +54,8 @@ Args:
         SMALL_CORE_MAX_SWEEPS sweeps, or SMALL_CORE_MAX_QL_ITERATIONS * min(kb, ka) QL
         iterations; X, Y, S are the best available). A zero Gram (Bc = 0 or Ac = 0) gives zeros
         and info 0.
-    isa: 'auto' (best this CPU supports), 'avx512', 'avx2' or 'baseline' (the plain-loop code,
-        also the future CUDA one); a named ISA the CPU lacks raises ValueError.
+    isa: 'auto' (best this CPU supports), 'avx512', 'avx2' or 'baseline' (the plain-loop code); a
+        named ISA the CPU lacks raises ValueError.
     target: 'float64' (default: LAPACK-level accuracy, singular values to ~eps * s_1) or 'float32'
         (for results rounded to fp32 anyway, 2-3x faster: the squared core resolves singular values
         down to ~sqrt(m * eps) * s_1; the product B'A' is accurate to ~m * eps * s_1 / s_r relative,

@@ -1,16 +1,17 @@
 // Shared macros and small vector helpers for the numerics headers under decaf/.
 //
-// The per-problem code in these headers is written so that nvcc can later compile it as
-// __host__ __device__ functions (one problem per CUDA thread): plain loops over raw arrays, no
-// allocation, no exceptions, no std:: containers, workspace supplied by the caller.
+// The per-problem code in these headers is plain loops over raw arrays: no allocation, no
+// exceptions, workspace supplied by the caller, so the CPU drivers can call it inside OpenMP
+// regions. DECAF_HD marks the few functions a CUDA kernel calls as well (nvcc then compiles them
+// as __host__ __device__); everything else is host code.
 //
-// Host builds may instead spell the short inner loops with GCC/Clang vector extensions: at these
-// sizes (columns of 8 to 256 doubles) the auto-vectoriser produced scalar reductions. Such code sits
-// behind `if constexpr (kVec)` with a plain-loop twin (kVec = false, the baseline-ISA and future
-// CUDA path). The twins keep the same summation order where it matters (small_core), so paths
-// differ only by the rounding of fused multiply-adds. The vectors are 32 bytes wide: native on AVX2
-// and AVX-512 (where 512-bit vectors bought nothing on the Zen 4 we measured), whereas a 64-byte
-// vector type compiled for AVX2 is split through memory and ran ten times slower.
+// The short inner loops are also spelled with GCC/Clang vector extensions: at these sizes (columns
+// of 8 to 256 doubles) the auto-vectoriser produced scalar reductions. Such code sits behind
+// `if constexpr (kVec)` with a plain-loop twin (kVec = false, the baseline-ISA path). The twins
+// keep the same summation order where it matters (small_core), so paths differ only by the
+// rounding of fused multiply-adds. The vectors are 32 bytes wide: native on AVX2 and AVX-512
+// (where 512-bit vectors bought nothing on the Zen 4 we measured), whereas a 64-byte vector type
+// compiled for AVX2 is split through memory and ran ten times slower.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -43,11 +44,11 @@ namespace decaf {
 // remainder handling, and the zeros change no dot product.
 constexpr int kLanes = 8;
 
-DECAF_HD DECAF_INLINE int round_up_lanes(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
+DECAF_INLINE int round_up_lanes(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 // The fixed summation order of the small_core reductions: eight partial sums s0..s7 (lane i takes the
 // elements i, i + 8, i + 16, ...), then ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)).
-DECAF_HD DECAF_INLINE double hsum8(const double* s) {
+DECAF_INLINE double hsum8(const double* s) {
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 

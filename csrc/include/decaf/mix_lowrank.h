@@ -54,9 +54,9 @@ DECAF_INLINE V vsplat(T x) {
 
 // Tile of up to 8 output rows (p) x one vector of output columns (r), rows of X contiguous.
 template <typename T, bool kVec>
-DECAF_HD DECAF_INLINE void rows_tile(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts, int ns,
-                                     long long p0, int np, long long sP, int Q, int R, T* DECAF_RESTRICT out,
-                                     long long oP, long long oR) {
+DECAF_INLINE void rows_tile(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts, int ns,
+                            long long p0, int np, long long sP, int Q, int R, T* DECAF_RESTRICT out,
+                            long long oP, long long oR) {
     int r0 = 0;
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
@@ -101,9 +101,9 @@ DECAF_HD DECAF_INLINE void rows_tile(const T* const* DECAF_RESTRICT xs, const T*
 
 // Tile of one vector of output rows (p) x all output columns (r), columns of X contiguous.
 template <typename T, bool kVec>
-DECAF_HD DECAF_INLINE void cols_tile(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts, int ns,
-                                     long long p0, int np, long long sQ, int Q, int R, T* DECAF_RESTRICT out,
-                                     long long oP, long long oR) {
+DECAF_INLINE void cols_tile(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts, int ns,
+                            long long p0, int np, long long sQ, int Q, int R, T* DECAF_RESTRICT out,
+                            long long oP, long long oR) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         constexpr int kCols = 8;  // output columns per register block
@@ -154,9 +154,9 @@ DECAF_HD DECAF_INLINE void cols_tile(const T* const* DECAF_RESTRICT xs, const T*
 }
 
 template <typename T>
-DECAF_HD DECAF_INLINE void generic_rows(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts, int ns,
-                                        long long p0, long long p1, long long sP, long long sQ, int Q, int R,
-                                        T* DECAF_RESTRICT out, long long oP, long long oR) {
+DECAF_INLINE void generic_rows(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts, int ns,
+                               long long p0, long long p1, long long sP, long long sQ, int Q, int R,
+                               T* DECAF_RESTRICT out, long long oP, long long oR) {
     for (long long p = p0; p < p1; ++p)
         for (int r = 0; r < R; ++r) {
             T acc = T(0);
@@ -175,9 +175,9 @@ DECAF_HD DECAF_INLINE void generic_rows(const T* const* DECAF_RESTRICT xs, const
 // xs[s][p * sP + q * sQ], T_s row-major (Q x R) at ts[s], out(p, r) at out[p * oP + r * oR].
 // ns == 0 writes zeros.
 template <typename T, bool kVec>
-DECAF_HD DECAF_INLINE void mix_lowrank_rows(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts,
-                                            int ns, long long p0, long long p1, long long sP, long long sQ, int Q,
-                                            int R, T* DECAF_RESTRICT out, long long oP, long long oR) {
+DECAF_INLINE void mix_lowrank_rows(const T* const* DECAF_RESTRICT xs, const T* const* DECAF_RESTRICT ts,
+                                   int ns, long long p0, long long p1, long long sP, long long sQ, int Q,
+                                   int R, T* DECAF_RESTRICT out, long long oP, long long oR) {
     using namespace mix_detail;
     if (sQ == 1) {
         for (long long p = p0; p < p1; p += 8) {

@@ -24,8 +24,8 @@ namespace pair_gram_detail {
 // QA x QB block of the output held in registers. QA = 4, QB = 8 is 8 vector accumulators plus three
 // operands: within the 16 registers of AVX2. Larger Q re-reads the (cache-resident) rows per block.
 template <typename T, int Q, int QA, int QB, bool kVec>
-DECAF_HD DECAF_INLINE void rows_fixed_block(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
-                                            long long sP, int a0, int b0, bool accumulate, double* DECAF_RESTRICT out) {
+DECAF_INLINE void rows_fixed_block(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
+                                   long long sP, int a0, int b0, bool accumulate, double* DECAF_RESTRICT out) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec && QB % 4 == 0) {
         constexpr int NV = QB / 4;
@@ -64,8 +64,8 @@ DECAF_HD DECAF_INLINE void rows_fixed_block(const T* DECAF_RESTRICT xj, const T*
 }
 
 template <typename T, int Q, bool kVec>
-DECAF_HD DECAF_INLINE void rows_fixed(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
-                                      long long sP, bool accumulate, double* DECAF_RESTRICT out) {
+DECAF_INLINE void rows_fixed(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
+                             long long sP, bool accumulate, double* DECAF_RESTRICT out) {
     constexpr int QA = 4;
     constexpr int QB = Q < 8 ? Q : 8;
     for (int a0 = 0; a0 < Q; a0 += QA)
@@ -77,8 +77,8 @@ DECAF_HD DECAF_INLINE void rows_fixed(const T* DECAF_RESTRICT xj, const T* DECAF
 // for column-major slices, a widening for float32. Each element is converted once here instead of
 // once per register block of the product.
 template <typename T, int Q>
-DECAF_HD DECAF_INLINE void pack_rows(const T* DECAF_RESTRICT x, long long p0, int n, long long sP, long long sQ,
-                                     double* DECAF_RESTRICT buf) {
+DECAF_INLINE void pack_rows(const T* DECAF_RESTRICT x, long long p0, int n, long long sP, long long sQ,
+                            double* DECAF_RESTRICT buf) {
     if (sP == 1) {  // column by column: contiguous reads
         for (int q = 0; q < Q; ++q) {
             const T* col = x + q * sQ + p0;
@@ -93,9 +93,9 @@ DECAF_HD DECAF_INLINE void pack_rows(const T* DECAF_RESTRICT x, long long p0, in
 }
 
 template <typename T, int Q, bool kVec>
-DECAF_HD DECAF_INLINE void packed_fixed(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
-                                        long long sP, long long sQ, double* DECAF_RESTRICT out,
-                                        double* DECAF_RESTRICT work) {
+DECAF_INLINE void packed_fixed(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
+                               long long sP, long long sQ, double* DECAF_RESTRICT out,
+                               double* DECAF_RESTRICT work) {
     double* bj = work;
     double* bk = work + kPackRows * Q;
     for (long long p0 = 0; p0 < P; p0 += kPackRows) {
@@ -112,8 +112,8 @@ DECAF_HD DECAF_INLINE void packed_fixed(const T* DECAF_RESTRICT xj, const T* DEC
 // the 16 registers of AVX2). The vector path keeps four partial sums per output (p mod 4), the plain
 // path eight (p mod 8): paths agree to rounding, each is deterministic.
 template <typename T, bool kVec>
-DECAF_HD DECAF_INLINE void cols(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P, long long sQ,
-                                int Q, double* DECAF_RESTRICT out) {
+DECAF_INLINE void cols(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P, long long sQ,
+                       int Q, double* DECAF_RESTRICT out) {
     int a0 = 0;
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
@@ -164,8 +164,8 @@ DECAF_HD DECAF_INLINE void cols(const T* DECAF_RESTRICT xj, const T* DECAF_RESTR
 
 // Any strides (including sP == sQ == 0 broadcasts): row by row into a Q x Q accumulator in out.
 template <typename T>
-DECAF_HD DECAF_INLINE void generic(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P, long long sP,
-                                   long long sQ, int Q, double* DECAF_RESTRICT out) {
+DECAF_INLINE void generic(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P, long long sP,
+                          long long sQ, int Q, double* DECAF_RESTRICT out) {
     for (int i = 0; i < Q * Q; ++i) out[i] = 0.0;
     for (long long p = 0; p < P; ++p) {
         const T* rj = xj + p * sP;
@@ -183,9 +183,9 @@ DECAF_HD DECAF_INLINE void generic(const T* DECAF_RESTRICT xj, const T* DECAF_RE
 // out (Q x Q, row-major) = Xj^T Xk, where Xj(p, q) = xj[p * sP + q * sQ] (same for Xk).
 // work: kPairGramWorkDoubles doubles, used only by the packed path (Q in {4, 8, 16}, both strides > 1).
 template <typename T, bool kVec>
-DECAF_HD DECAF_INLINE void pair_gram_block(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
-                                           int Q, long long sP, long long sQ, double* DECAF_RESTRICT out,
-                                           double* DECAF_RESTRICT work) {
+DECAF_INLINE void pair_gram_block(const T* DECAF_RESTRICT xj, const T* DECAF_RESTRICT xk, long long P,
+                                  int Q, long long sP, long long sQ, double* DECAF_RESTRICT out,
+                                  double* DECAF_RESTRICT work) {
     using namespace pair_gram_detail;
     if (sQ == 1) {
         switch (Q) {

@@ -1,9 +1,10 @@
 // Consensus small-core solver: truncated SVD of M = Bc Ac from the two Gram matrices alone.
 //
 // One call of small_core_solve() handles one problem. It touches only the arrays it is given
-// (inputs, outputs, a caller-provided workspace), allocates nothing and throws nothing, so the same
-// source can become the body of a CUDA one-problem-per-thread kernel (it compiles with nvcc as
-// __host__ __device__; kVec = false is the plain-loop path, the one a GPU thread would run).
+// (inputs, outputs, a caller-provided workspace), allocates nothing and throws nothing, so the CPU
+// driver (csrc/cpu/small_core.cpp) runs one call per OpenMP iteration. The CUDA kernel
+// (csrc/cuda/small_core_block.cu) is a block-parallel version of the same algorithm; from this
+// header it takes the constants and rsqrt_1_2, so that both compute the same rotation angles.
 //
 // Maths (all exact in exact arithmetic):
 //   Gb = Bc^T Bc = Rb^T Rb, Ga = Ac Ac^T = Ra^T Ra   (rank-revealing pivoted Cholesky; Rb: kb x m)
@@ -73,7 +74,7 @@ constexpr int kSmallCoreMaxQLIterations = 30;
 
 // Workspace of one problem of size m, in doubles and in ints. The double workspace must be
 // aligned to at least 8 bytes (64 is what the CPU driver uses).
-DECAF_HD DECAF_INLINE long long small_core_work_doubles(int m, int target = kSmallCoreTargetFloat64) {
+DECAF_INLINE long long small_core_work_doubles(int m, int target) {
     const long long ld = round_up_lanes(m);
     // G, Rb, Ra: m x ld each; Jacobi columns: m x (2 ld); seven vectors of ld. The squared path adds
     // the wanted eigenvectors (m x ld) and a rotation log of 3 m ld doubles (1.5 m^2 rotations;
@@ -84,14 +85,14 @@ DECAF_HD DECAF_INLINE long long small_core_work_doubles(int m, int target = kSma
     const long long log = 3 * (long long)m * ld > 3 * m4 * m4 ? 3 * (long long)m * ld : 3 * m4 * m4;
     return target == kSmallCoreTargetFloat32 ? base + (long long)m * ld + log : base;
 }
-DECAF_HD DECAF_INLINE long long small_core_work_ints(int m) { return 6 * (long long)m + 4; }
+DECAF_INLINE long long small_core_work_ints(int m) { return 6 * (long long)m + 4; }
 
 namespace small_core_detail {
 
 // Reductions and updates over n doubles, n a multiple of kLanes (working columns are zero padded).
 
 template <bool kVec>
-DECAF_HD DECAF_INLINE double dot(const double* DECAF_RESTRICT x, const double* DECAF_RESTRICT y, int n) {
+DECAF_INLINE double dot(const double* DECAF_RESTRICT x, const double* DECAF_RESTRICT y, int n) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         vd4 a0 = splat4(0.0), a1 = a0;
@@ -110,7 +111,7 @@ DECAF_HD DECAF_INLINE double dot(const double* DECAF_RESTRICT x, const double* D
 
 // y += a x
 template <bool kVec>
-DECAF_HD DECAF_INLINE void axpy(double a, const double* DECAF_RESTRICT x, double* DECAF_RESTRICT y, int n) {
+DECAF_INLINE void axpy(double a, const double* DECAF_RESTRICT x, double* DECAF_RESTRICT y, int n) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         const vd4 va = splat4(a);
@@ -141,8 +142,8 @@ DECAF_INLINE void axpy_chain_block(int nt, Idx idx, Coef coef, const double* DEC
 #endif
 
 template <bool kVec, class Idx, class Coef>
-DECAF_HD DECAF_INLINE void axpy_chain(int nt, Idx idx, Coef coef, const double* DECAF_RESTRICT x, long long ldx,
-                                      double* DECAF_RESTRICT y, int n) {
+DECAF_INLINE void axpy_chain(int nt, Idx idx, Coef coef, const double* DECAF_RESTRICT x, long long ldx,
+                             double* DECAF_RESTRICT y, int n) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         int i = 0;
@@ -170,9 +171,9 @@ DECAF_HD DECAF_INLINE void axpy_chain(int nt, Idx idx, Coef coef, const double* 
 // (u, v) <- (cs u - sn v, sn u + cs v) over n entries, returning the new squared norms of the
 // first nw of them (nw <= n, both multiples of kLanes): measured from registers on the way.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void rotate_and_measure(double cs, double sn, double* DECAF_RESTRICT u,
-                                              double* DECAF_RESTRICT v, int nw, int n, double& uu,
-                                              double& vv) {
+DECAF_INLINE void rotate_and_measure(double cs, double sn, double* DECAF_RESTRICT u,
+                                     double* DECAF_RESTRICT v, int nw, int n, double& uu,
+                                     double& vv) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         const vd4 c = splat4(cs), s = splat4(sn);
@@ -235,8 +236,8 @@ DECAF_INLINE void dot4(const double* const x[4], const double* const y[4], int n
 // out[k] = x_k . y_k for the column pairs (x_k, y_k) = (J + p[k] * ldc, J + q[k] * ldc), k < npairs;
 // four pairs at a time share one batched horizontal sum. Entries are summed in hsum8's order.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void pair_dots(const double* DECAF_RESTRICT J, long long ldc, const int* DECAF_RESTRICT p,
-                                     const int* DECAF_RESTRICT q, int npairs, int n, double* DECAF_RESTRICT out) {
+DECAF_INLINE void pair_dots(const double* DECAF_RESTRICT J, long long ldc, const int* DECAF_RESTRICT p,
+                            const int* DECAF_RESTRICT q, int npairs, int n, double* DECAF_RESTRICT out) {
     int k = 0;
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
@@ -253,7 +254,7 @@ DECAF_HD DECAF_INLINE void pair_dots(const double* DECAF_RESTRICT J, long long l
 // True when every entry is finite. x - x is NaN exactly for a NaN or an infinity (and +0
 // otherwise), so the sums are a branch-free scan; four of them, because one would be a chain of
 // dependent additions.
-DECAF_HD DECAF_INLINE bool all_finite(const double* DECAF_RESTRICT g, long long n) {
+DECAF_INLINE bool all_finite(const double* DECAF_RESTRICT g, long long n) {
     double p0 = 0.0, p1 = 0.0, p2 = 0.0, p3 = 0.0;
     long long i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -266,7 +267,7 @@ DECAF_HD DECAF_INLINE bool all_finite(const double* DECAF_RESTRICT g, long long 
     return (p0 + p1) + (p2 + p3) == 0.0;
 }
 
-DECAF_HD DECAF_INLINE double max_diag(const double* DECAF_RESTRICT g, int m) {
+DECAF_INLINE double max_diag(const double* DECAF_RESTRICT g, int m) {
     double dmax = 0.0;
     for (int i = 0; i < m; ++i) dmax = g[(long long)i * m + i] > dmax ? g[(long long)i * m + i] : dmax;
     return dmax;
@@ -276,8 +277,8 @@ DECAF_HD DECAF_INLINE double max_diag(const double* DECAF_RESTRICT g, int m) {
 // (leading dimension ld), scaled by 2^-e2 with 2^(e2-1) <= dmax < 2^e2, so that its largest diagonal
 // lies in [0.5, 1) (that diagonal is returned): the scaling is exact, and later squares and
 // products of entries can neither overflow nor underflow. Needs dmax > 0 (g's largest diagonal).
-DECAF_HD DECAF_INLINE double load_scaled_gram(const double* DECAF_RESTRICT g, int m, int ld, double dmax,
-                                              double* DECAF_RESTRICT G, int& e2) {
+DECAF_INLINE double load_scaled_gram(const double* DECAF_RESTRICT g, int m, int ld, double dmax,
+                                     double* DECAF_RESTRICT G, int& e2) {
     const double dmax_scaled = std::frexp(dmax, &e2);
     // Two factors, because 2^-e2 alone overflows for a subnormal dmax; the 0.5 symmetrises.
     const double s1 = std::ldexp(1.0, -(e2 / 2));
@@ -292,7 +293,7 @@ DECAF_HD DECAF_INLINE double load_scaled_gram(const double* DECAF_RESTRICT g, in
 }
 
 // v *= 2^-e, exactly, in two factors so that neither overflows, for the nv vectors v + j * stride.
-DECAF_HD DECAF_INLINE void scale_pow2(double* DECAF_RESTRICT v, long long n, int e, int nv = 1, long long stride = 0) {
+DECAF_INLINE void scale_pow2(double* DECAF_RESTRICT v, long long n, int e, int nv = 1, long long stride = 0) {
     const double s1 = std::ldexp(1.0, -(e / 2));
     const double s2 = std::ldexp(1.0, -(e - e / 2));
     for (int j = 0; j < nv; ++j)
@@ -305,9 +306,9 @@ DECAF_HD DECAF_INLINE void scale_pow2(double* DECAF_RESTRICT v, long long n, int
 // order, then the never-pivoted indices: row k of R is zero outside perm[k..m-1]. Returns the
 // numerical rank. diag and mask are ld-long scratch vectors.
 template <bool kVec>
-DECAF_HD DECAF_INLINE int pivoted_cholesky(const double* DECAF_RESTRICT G, int m, int ld, double tol,
-                                           double* DECAF_RESTRICT R, int* DECAF_RESTRICT perm,
-                                           double* DECAF_RESTRICT diag, double* DECAF_RESTRICT mask) {
+DECAF_INLINE int pivoted_cholesky(const double* DECAF_RESTRICT G, int m, int ld, double tol,
+                                  double* DECAF_RESTRICT R, int* DECAF_RESTRICT perm,
+                                  double* DECAF_RESTRICT diag, double* DECAF_RESTRICT mask) {
     for (int i = 0; i < ld; ++i) {
         mask[i] = i < m ? 1.0 : 0.0;
         diag[i] = i < m ? G[(long long)i * ld + i] : -1.0;
@@ -389,7 +390,7 @@ DECAF_HD DECAF_INLINE double rsqrt_1_2(double x) {
 // convergence theory is about. Written with r = min(|zeta|, 1/|zeta|), so that every square
 // root has its argument in [1, 2] and nothing overflows however small c is.
 // Returns sn = 0 when the pair needs no rotation.
-DECAF_HD DECAF_INLINE void jacobi_angle(double a, double b, double c, double null2, double& cs, double& sn) {
+DECAF_INLINE void jacobi_angle(double a, double b, double c, double null2, double& cs, double& sn) {
     const double tol = DBL_EPSILON;
     const double smaller = a < b ? a : b;
     const bool go = (smaller > null2) & (c * c > (tol * tol) * (a * b));
@@ -423,8 +424,8 @@ DECAF_HD DECAF_INLINE void jacobi_angle(double a, double b, double c, double nul
 // faster for the common small cores). Returns the number of sweeps (the last one rotates nothing)
 // or kSmallCoreNoConvergence. iw: 2 (nc + 1) ints; dw: 4 (nc + 1) doubles.
 template <bool kVec, int kLdw = 0, int kLdc = 0>
-DECAF_HD DECAF_INLINE int one_sided_jacobi(double* DECAF_RESTRICT J, int nc, int ldw_arg, int ldc_arg,
-                                           double null_rel, int* DECAF_RESTRICT iw, double* DECAF_RESTRICT dw) {
+DECAF_INLINE int one_sided_jacobi(double* DECAF_RESTRICT J, int nc, int ldw_arg, int ldc_arg,
+                                  double null_rel, int* DECAF_RESTRICT iw, double* DECAF_RESTRICT dw) {
     if (nc < 2) return 0;
     const int ldw = kLdw ? kLdw : ldw_arg;
     const int ldc = kLdc ? kLdc : ldc_arg;
@@ -482,7 +483,7 @@ DECAF_HD DECAF_INLINE int one_sided_jacobi(double* DECAF_RESTRICT J, int nc, int
 
 // (u, v) <- (c u - s v, s u + c v) over n entries, n a multiple of 4.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void rotate(double c, double s, double* DECAF_RESTRICT u, double* DECAF_RESTRICT v, int n) {
+DECAF_INLINE void rotate(double c, double s, double* DECAF_RESTRICT u, double* DECAF_RESTRICT v, int n) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         const vd4 vc = splat4(c), vs = splat4(s);
@@ -503,8 +504,8 @@ DECAF_HD DECAF_INLINE void rotate(double c, double s, double* DECAF_RESTRICT u, 
 
 // y -= a x + b z over n entries, n a multiple of 4 (the rank-2 update of the tridiagonalisation).
 template <bool kVec>
-DECAF_HD DECAF_INLINE void sub_rank2(double a, const double* DECAF_RESTRICT x, double b, const double* DECAF_RESTRICT z,
-                                     double* DECAF_RESTRICT y, int n) {
+DECAF_INLINE void sub_rank2(double a, const double* DECAF_RESTRICT x, double b, const double* DECAF_RESTRICT z,
+                            double* DECAF_RESTRICT y, int n) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         const vd4 va = splat4(a), vb = splat4(b);
@@ -519,8 +520,8 @@ DECAF_HD DECAF_INLINE void sub_rank2(double a, const double* DECAF_RESTRICT x, d
 // (both triangles) column-major with leading dimension ldk; rows nc..ldk-1 are zeroed. Four entries
 // of a column share one batched horizontal sum.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void core_gram(const double* DECAF_RESTRICT Cw, int nc, int ldw, double* DECAF_RESTRICT K,
-                                     int ldk) {
+DECAF_INLINE void core_gram(const double* DECAF_RESTRICT Cw, int nc, int ldw, double* DECAF_RESTRICT K,
+                            int ldk) {
     for (int j = 0; j < nc; ++j) {
         const double* DECAF_RESTRICT cj = Cw + (long long)j * ldw;
         double* DECAF_RESTRICT kj = K + (long long)j * ldk;
@@ -553,9 +554,9 @@ DECAF_HD DECAF_INLINE void core_gram(const double* DECAF_RESTRICT Cw, int nc, in
 // loop runs over whole vectors. The rank-2 update A22 -= v w^T + w v^T touches both triangles: twice
 // the minimum arithmetic, but each column is one contiguous vector update.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void tridiagonalise(double* DECAF_RESTRICT A, int n, int lda, double* DECAF_RESTRICT d,
-                                          double* DECAF_RESTRICT e, double* DECAF_RESTRICT tau,
-                                          double* DECAF_RESTRICT v, double* DECAF_RESTRICT p) {
+DECAF_INLINE void tridiagonalise(double* DECAF_RESTRICT A, int n, int lda, double* DECAF_RESTRICT d,
+                                 double* DECAF_RESTRICT e, double* DECAF_RESTRICT tau,
+                                 double* DECAF_RESTRICT v, double* DECAF_RESTRICT p) {
     for (int k = 0; k + 2 < n; ++k) {
         double* DECAF_RESTRICT ak = A + (long long)k * lda;
         const int r0 = k + 1, lo4 = r0 & ~3, lo8 = r0 & ~7;
@@ -636,7 +637,7 @@ struct QlLane {
 
 // sqrt(x) for x > 0: the correctly rounded square root, without the errno check that std::sqrt
 // carries unless the whole build has -fno-math-errno.
-DECAF_HD DECAF_INLINE double sqrt_positive(double x) {
+DECAF_INLINE double sqrt_positive(double x) {
 #if defined(DECAF_HOST_VECTORS) && defined(__SSE2__)
     typedef double v2d __attribute__((vector_size(16)));
     return __builtin_ia32_sqrtsd(v2d{x, 0.0})[0];
@@ -645,8 +646,8 @@ DECAF_HD DECAF_INLINE double sqrt_positive(double x) {
 #endif
 }
 
-DECAF_HD DECAF_INLINE void ql_lane_init(QlLane& q, double* d, double* e, int n, double* log, long long logcap,
-                                        double* Z, int ldz, int maxit) {
+DECAF_INLINE void ql_lane_init(QlLane& q, double* d, double* e, int n, double* log, long long logcap,
+                               double* Z, int ldz, int maxit) {
     q.d = d;
     q.e = e;
     q.Z = Z;
@@ -671,7 +672,7 @@ DECAF_HD DECAF_INLINE void ql_lane_init(QlLane& q, double* d, double* e, int n, 
 // Sets up the next chase of the lane. Returns false when the lane has finished: every eigenvalue
 // has converged (q.iters >= 0 is the number of QL iterations) or the iteration limit was reached
 // (q.iters = kSmallCoreNoConvergence; d and the rotations describe the unconverged state).
-DECAF_HD DECAF_INLINE bool ql_begin_chase(QlLane& q) {
+DECAF_INLINE bool ql_begin_chase(QlLane& q) {
     const double* DECAF_RESTRICT d = q.d;
     const double* DECAF_RESTRICT e = q.e;
     for (; q.l < q.n; ++q.l) {
@@ -709,7 +710,7 @@ DECAF_HD DECAF_INLINE bool ql_begin_chase(QlLane& q) {
     return false;
 }
 
-DECAF_HD DECAF_INLINE void ql_end_chase(QlLane& q) {
+DECAF_INLINE void ql_end_chase(QlLane& q) {
     if (!q.lp) return;
     q.lp[0] = q.top;
     q.lp[1] = q.top - q.i;  // rotations at rows top, top - 1, ..., i + 1
@@ -718,7 +719,7 @@ DECAF_HD DECAF_INLINE void ql_end_chase(QlLane& q) {
 
 // One rotation of the lane's chase, at row q.i. Returns false when the chase has ended.
 template <bool kVec>
-DECAF_HD DECAF_INLINE bool ql_step(QlLane& q) {
+DECAF_INLINE bool ql_step(QlLane& q) {
     double* DECAF_RESTRICT d = q.d;
     double* DECAF_RESTRICT e = q.e;
     const int i = q.i;
@@ -766,7 +767,7 @@ DECAF_HD DECAF_INLINE bool ql_step(QlLane& q) {
 
 // Runs nl <= kQlMaxLanes initialised lanes to completion, one rotation of each in turn.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void implicit_ql_lanes(QlLane* const* DECAF_RESTRICT q, int nl) {
+DECAF_INLINE void implicit_ql_lanes(QlLane* const* DECAF_RESTRICT q, int nl) {
     unsigned active = 0;
     for (int k = 0; k < nl; ++k)
         if (ql_begin_chase(*q[k])) active |= 1u << k;
@@ -803,8 +804,8 @@ DECAF_INLINE void replay_chase_block(const double* DECAF_RESTRICT cs, int cnt, i
 #endif
 
 template <bool kVec>
-DECAF_HD DECAF_INLINE void replay_chase(const double* DECAF_RESTRICT cs, int cnt, int i0, double* DECAF_RESTRICT V,
-                                        int ldv) {
+DECAF_INLINE void replay_chase(const double* DECAF_RESTRICT cs, int cnt, int i0, double* DECAF_RESTRICT V,
+                               int ldv) {
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
         int j = 0;
@@ -833,7 +834,7 @@ DECAF_HD DECAF_INLINE void replay_chase(const double* DECAF_RESTRICT cs, int cnt
 // V <- (G_1 ... G_K) V for the logged rotations of a finished lane, V row-major (n rows of length
 // and stride ldv, a multiple of 4, one column per wanted eigenvector): the log backwards.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void replay_rotations(const QlLane& q, double* DECAF_RESTRICT V, int ldv) {
+DECAF_INLINE void replay_rotations(const QlLane& q, double* DECAF_RESTRICT V, int ldv) {
     long long pos = (q.lp ? q.lp : q.logend) - q.log;
     while (pos > 0) {
         const int top = (int)q.log[pos - 2], cnt = (int)q.log[pos - 1];
@@ -846,9 +847,9 @@ DECAF_HD DECAF_INLINE void replay_rotations(const QlLane& q, double* DECAF_RESTR
 // and stride ldv, a multiple of 4): reflectors last to first, V -= tau v (v^T V) with v^T V summed
 // as a row vector into w (ldv doubles).
 template <bool kVec>
-DECAF_HD DECAF_INLINE void apply_reflectors(const double* DECAF_RESTRICT A, int n, int lda,
-                                            const double* DECAF_RESTRICT tau, double* DECAF_RESTRICT V, int ldv,
-                                            double* DECAF_RESTRICT w) {
+DECAF_INLINE void apply_reflectors(const double* DECAF_RESTRICT A, int n, int lda,
+                                   const double* DECAF_RESTRICT tau, double* DECAF_RESTRICT V, int ldv,
+                                   double* DECAF_RESTRICT w) {
     for (int k = n - 3; k >= 0; --k) {
         if (tau[k] == 0.0) continue;
         const double* DECAF_RESTRICT ak = A + (long long)k * lda;  // v_k at rows k + 1 .. n - 1
@@ -864,8 +865,8 @@ DECAF_HD DECAF_INLINE void apply_reflectors(const double* DECAF_RESTRICT A, int 
 // for rows i < round4(nrows) (A must be readable, e.g. zero padded, that far; lda, ldv multiples of
 // 4). Blocks of 4 rows x 8 columns keep 8 independent accumulators in registers.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void rows_product(const double* DECAF_RESTRICT A, long long lda, int nsum, int nrows,
-                                        const double* DECAF_RESTRICT V, int ldv, double* DECAF_RESTRICT P) {
+DECAF_INLINE void rows_product(const double* DECAF_RESTRICT A, long long lda, int nsum, int nrows,
+                               const double* DECAF_RESTRICT V, int ldv, double* DECAF_RESTRICT P) {
     const int nr4 = (nrows + 3) & ~3;
 #if defined(DECAF_HOST_VECTORS)
     if constexpr (kVec) {
@@ -938,8 +939,8 @@ struct SmallCoreWork {
     int *order, *taken, *seat, *permb, *perma;
 };
 
-DECAF_HD DECAF_INLINE SmallCoreWork small_core_work(int m, double* work, int* iwork, int target,
-                                                    long long log_limit = -1) {
+DECAF_INLINE SmallCoreWork small_core_work(int m, double* work, int* iwork, int target,
+                                           long long log_limit = -1) {
     SmallCoreWork w;
     const long long ld = round_up_lanes(m);
     w.ld = ld;
@@ -963,8 +964,8 @@ DECAF_HD DECAF_INLINE SmallCoreWork small_core_work(int m, double* work, int* iw
     return w;
 }
 
-DECAF_HD DECAF_INLINE void fill_outputs(double v, int m, int rank, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
-                                        double* DECAF_RESTRICT s) {
+DECAF_INLINE void fill_outputs(double v, int m, int rank, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
+                               double* DECAF_RESTRICT s) {
     const long long nx = (long long)m * rank;
     for (long long i = 0; i < nx; ++i) x[i] = v, y[i] = v;
     for (int j = 0; j < rank; ++j) s[j] = v;
@@ -975,10 +976,10 @@ DECAF_HD DECAF_INLINE void fill_outputs(double v, int m, int rank, double* DECAF
 // scaled into [0.5, 1). Returns false, with the outputs and st.info written, when that settles the
 // problem (non-finite input, M = 0).
 template <bool kVec>
-DECAF_HD DECAF_INLINE bool small_core_front(const double* DECAF_RESTRICT gb, const double* DECAF_RESTRICT ga, int m,
-                                            int rank, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
-                                            double* DECAF_RESTRICT s, const SmallCoreWork& w, bool rotations,
-                                            SmallCoreState& st) {
+DECAF_INLINE bool small_core_front(const double* DECAF_RESTRICT gb, const double* DECAF_RESTRICT ga, int m,
+                                   int rank, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
+                                   double* DECAF_RESTRICT s, const SmallCoreWork& w, bool rotations,
+                                   SmallCoreState& st) {
     const long long ld = w.ld;
     double* DECAF_RESTRICT G = w.G;
     const long long mm = (long long)m * m;
@@ -1063,11 +1064,11 @@ DECAF_HD DECAF_INLINE bool small_core_front(const double* DECAF_RESTRICT gb, con
 // vstride (v, nc entries at stride vinc) and s = sv[slot], in decreasing s. Directions with
 // s <= thr_rel * s_1, and j >= kk, come out as exact zeros.
 template <bool kVec>
-DECAF_HD DECAF_INLINE void small_core_emit(const SmallCoreState& st, const SmallCoreWork& w, int m, int rank,
-                                           double alpha, const double* DECAF_RESTRICT wbase, long long wstride,
-                                           const double* DECAF_RESTRICT vbase, long long vstride, long long vinc,
-                                           double thr_rel, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
-                                           double* DECAF_RESTRICT s) {
+DECAF_INLINE void small_core_emit(const SmallCoreState& st, const SmallCoreWork& w, int m, int rank,
+                                  double alpha, const double* DECAF_RESTRICT wbase, long long wstride,
+                                  const double* DECAF_RESTRICT vbase, long long vstride, long long vinc,
+                                  double thr_rel, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
+                                  double* DECAF_RESTRICT s) {
     const long long ld = w.ld;
     const int* DECAF_RESTRICT order = w.order;
     const double* DECAF_RESTRICT sv = w.sv;
@@ -1118,9 +1119,9 @@ DECAF_HD DECAF_INLINE void small_core_emit(const SmallCoreState& st, const Small
 
 // The float64 target: one-sided Jacobi on the core columns, then the back end.
 template <bool kVec>
-DECAF_HD DECAF_INLINE int small_core_jacobi_back(const SmallCoreState& st, const SmallCoreWork& w, int m, int rank,
-                                                 double alpha, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
-                                                 double* DECAF_RESTRICT s) {
+DECAF_INLINE int small_core_jacobi_back(const SmallCoreState& st, const SmallCoreWork& w, int m, int rank,
+                                        double alpha, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
+                                        double* DECAF_RESTRICT s) {
     double* DECAF_RESTRICT J = w.J;
     double* DECAF_RESTRICT sv = w.sv;
     int* DECAF_RESTRICT order = w.order;
@@ -1156,7 +1157,7 @@ DECAF_HD DECAF_INLINE int small_core_jacobi_back(const SmallCoreState& st, const
 // The float32 target, part 1: K = Cw^T Cw, its tridiagonalisation, and the QL lane set up (d, e
 // in vjac, the log after Vr, F in the second half of J).
 template <bool kVec>
-DECAF_HD DECAF_INLINE void small_core_squared_setup(SmallCoreState& st, const SmallCoreWork& w, int m) {
+DECAF_INLINE void small_core_squared_setup(SmallCoreState& st, const SmallCoreWork& w, int m) {
     const int nc = st.nc, ldk = round_up_lanes(nc);
     double* DECAF_RESTRICT dg = w.vjac;
     double* DECAF_RESTRICT eo = w.vjac + w.ld;
@@ -1171,9 +1172,9 @@ DECAF_HD DECAF_INLINE void small_core_squared_setup(SmallCoreState& st, const Sm
 // eigenvalues, back-transformed; W = Cw V; the back end. Returns the QL iteration count (or
 // kSmallCoreNoConvergence).
 template <bool kVec>
-DECAF_HD DECAF_INLINE int small_core_squared_back(const SmallCoreState& st, const SmallCoreWork& w, int m, int rank,
-                                                  double alpha, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
-                                                  double* DECAF_RESTRICT s) {
+DECAF_INLINE int small_core_squared_back(const SmallCoreState& st, const SmallCoreWork& w, int m, int rank,
+                                         double alpha, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
+                                         double* DECAF_RESTRICT s) {
     const int nc = st.nc, ldw = st.ldw, kk = st.kk, ldk = round_up_lanes(nc);
     const int ldv = (kk + 3) & ~3;
     const double* DECAF_RESTRICT dg = w.vjac;
@@ -1291,11 +1292,10 @@ DECAF_HD DECAF_INLINE int small_core_squared_back(const SmallCoreState& st, cons
 // kSmallCoreTargetFloat32 (eigendecomposition of the squared core; returns the number of QL
 // iterations). Either may return kSmallCoreNonFinite or kSmallCoreNoConvergence.
 template <bool kVec>
-DECAF_HD DECAF_INLINE int small_core_solve(const double* DECAF_RESTRICT gb, const double* DECAF_RESTRICT ga, int m,
-                                           int rank, double alpha, double* DECAF_RESTRICT x,
-                                           double* DECAF_RESTRICT y, double* DECAF_RESTRICT s,
-                                           double* DECAF_RESTRICT work, int* DECAF_RESTRICT iwork,
-                                           int target = kSmallCoreTargetFloat64) {
+DECAF_INLINE int small_core_solve(const double* DECAF_RESTRICT gb, const double* DECAF_RESTRICT ga, int m,
+                                  int rank, double alpha, double* DECAF_RESTRICT x, double* DECAF_RESTRICT y,
+                                  double* DECAF_RESTRICT s, double* DECAF_RESTRICT work, int* DECAF_RESTRICT iwork,
+                                  int target) {
     using namespace small_core_detail;
     const SmallCoreWork w = small_core_work(m, work, iwork, target);
     SmallCoreState st;
@@ -1313,13 +1313,13 @@ DECAF_HD DECAF_INLINE int small_core_solve(const double* DECAF_RESTRICT gb, cons
 // bit-identical to small_core_solve's for each problem alone. Writes info[k]. log_limit >= 0 caps
 // the rotation log (in doubles; a testing aid for the explicit-accumulation fallback).
 template <bool kVec>
-DECAF_HD DECAF_INLINE void small_core_solve_squared_group(const double* DECAF_RESTRICT gb,
-                                                          const double* DECAF_RESTRICT ga, int count, int m, int rank,
-                                                          double alpha, double* DECAF_RESTRICT x,
-                                                          double* DECAF_RESTRICT y, double* DECAF_RESTRICT s,
-                                                          int* DECAF_RESTRICT info, double* DECAF_RESTRICT work,
-                                                          long long wd, int* DECAF_RESTRICT iwork, long long wi,
-                                                          long long log_limit = -1) {
+DECAF_INLINE void small_core_solve_squared_group(const double* DECAF_RESTRICT gb,
+                                                 const double* DECAF_RESTRICT ga, int count, int m, int rank,
+                                                 double alpha, double* DECAF_RESTRICT x,
+                                                 double* DECAF_RESTRICT y, double* DECAF_RESTRICT s,
+                                                 int* DECAF_RESTRICT info, double* DECAF_RESTRICT work,
+                                                 long long wd, int* DECAF_RESTRICT iwork, long long wi,
+                                                 long long log_limit = -1) {
     using namespace small_core_detail;
     const long long mm = (long long)m * m, nx = (long long)m * rank;
     SmallCoreState st[kQlMaxLanes];
