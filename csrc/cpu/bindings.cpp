@@ -31,12 +31,8 @@ For each problem b, with M = U S V^T the SVD of the (never formed) product of an
 
     Bc X = U_r S_r^alpha,    Y Ac = S_r^(1 - alpha) V_r^T,
 
-so Bc X Y Ac is a best rank-`rank` approximation of M. One problem per OpenMP iteration (float64):
-symmetrise and scale the Grams by powers of two, rank-revealing pivoted Cholesky of each (stops at a
-remaining diagonal <= m * eps), core C = Rb Ra^T, then by `target`: one-sided Jacobi SVD of C (or
-C^T, whichever has fewer columns), or the symmetric eigendecomposition of the smaller of C^T C, C C^T
-(Householder + implicit QL, the QL iterations of up to 4 problems interleaved); no inverse of any
-factor.
+so Bc X Y Ac is a best rank-`rank` approximation of M. Float64 throughout, OpenMP over the batch,
+workspace allocated internally. Algorithm: csrc/include/decaf/small_core.h.
 
 Args:
     gb_ptr, ga_ptr: float64 (batch, m, m) contiguous; only the symmetric part is read.
@@ -56,11 +52,11 @@ Args:
         and info 0.
     isa: 'auto' (best this CPU supports), 'avx512', 'avx2' or 'baseline' (the plain-loop code); a
         named ISA the CPU lacks raises ValueError.
-    target: 'float64' (default: LAPACK-level accuracy, singular values to ~eps * s_1) or 'float32'
-        (for results rounded to fp32 anyway, 2-3x faster: the squared core resolves singular values
-        down to ~sqrt(m * eps) * s_1; the product B'A' is accurate to ~m * eps * s_1 / s_r relative,
-        e.g. <= 1e-9 for a condition number of 1e6); anything else raises ValueError. Results do
-        not depend on the batch-mates of a problem, for either target.
+    target: 'float64' (default: singular values to ~eps * s_1) or 'float32' (for results rounded to
+        fp32 anyway, 2-3x faster: singular values resolved down to ~sqrt(m * eps) * s_1; the product
+        B'A' accurate to ~m * eps * s_1 / s_r relative, e.g. <= 1e-9 for a condition number of 1e6);
+        anything else raises ValueError. Results do not depend on the batch-mates of a problem, for
+        either target.
 
 Example:
     >>> x = torch.empty(b, m, r, dtype=torch.float64); ...

@@ -67,11 +67,12 @@ PYBIND11_MODULE(_C_cuda, mod) {
     mod.def("small_core_block", &small_core_block, py::arg("gb_ptr"), py::arg("ga_ptr"), py::arg("batch"),
             py::arg("m"), py::arg("rank"), py::arg("alpha"), py::arg("x_ptr"), py::arg("y_ptr"), py::arg("s_ptr"),
             py::arg("info_ptr"), py::arg("work_ptr"), py::arg("target"), py::arg("stream"),
-            "Batched small-core solve on the GPU, one problem per thread block (matrices in shared memory); same "
-            "contract, tolerances and info codes as _C.small_core. gb_ptr, ga_ptr: float64 (batch, m, m) contiguous "
-            "device arrays; x_ptr (batch, m, rank), y_ptr (batch, rank, m), s_ptr (batch, rank) float64 and info_ptr "
-            "(batch,) int32, all written; work_ptr: batch * small_core_block_work_doubles(m) doubles, or 0 when that "
-            "is 0; target: 'float64' or 'float32' (looser Jacobi tolerance and the CPU float32 null rule); stream: a "
-            "cudaStream_t as int. Asynchronous: no host synchronisation, no allocation (CUDA-graph capturable).",
+            "Batched small-core solve on the GPU, one problem per thread block; same contract, tolerances and info "
+            "codes as _C.small_core. gb_ptr, ga_ptr: float64 (batch, m, m) contiguous device arrays; x_ptr (batch, m, "
+            "rank), y_ptr (batch, rank, m), s_ptr (batch, rank) float64 and info_ptr (batch,) int32, all written; "
+            "work_ptr: batch * small_core_block_work_doubles(m) doubles, or 0 when that is 0; target: 'float64' or "
+            "'float32' (the CPU float32 null rule; info counts Jacobi sweeps for both targets); stream: a cudaStream_t "
+            "as int. Asynchronous: no host synchronisation, no allocation (CUDA-graph capturable). Algorithm: "
+            "csrc/include/decaf/small_core.h (its GPU form: csrc/cuda/small_core_block.cu).",
             py::call_guard<py::gil_scoped_release>());
 }
