@@ -22,7 +22,7 @@ import torch
 
 import decaf_kernels as dk
 from decaf_kernels._consensus import consensus_exact
-from decaf_kernels._graph import neighbours
+from decaf_kernels._plan import plan
 
 from .auto_method import timed
 from .cases import get_case, make_inputs, ring_mixing
@@ -36,7 +36,7 @@ def graded_error(float64_qr: bool, seed: int = 0) -> float:
     B = torch.stack([torch.linalg.qr(torch.randn(d, r, generator=gen, dtype=torch.float64))[0] * sv for _ in range(N)])
     A = torch.stack([torch.linalg.qr(torch.randn(k, r, generator=gen, dtype=torch.float64))[0].T for _ in range(N)])
     W = ring_mixing(N)
-    Bn, An = consensus_exact(B[:, None], A[:, None], neighbours(W), r, 0.5, float64_qr=float64_qr)[:2]
+    Bn, An = consensus_exact(B[:, None], A[:, None], plan(W, torch.device("cpu"), r, 0.5), r, float64_qr=float64_qr)[:2]
     M = np.einsum("ij,jdr,jrk->idk", W.numpy(), B.numpy(), A.numpy())
     U, S, Vh = np.linalg.svd(M, full_matrices=False)
     Mr = (U[..., :r] * S[..., None, :r]) @ Vh[..., :r, :]
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
         for name in args.cases.split(","):
             case = get_case(name)
             B, A, W = make_inputs(case, dtype=torch.float64)
-            nb = neighbours(W)
-            t = {qr: 1e3 * timed(lambda: consensus_exact(B, A, nb, case.r, 0.5, float64_qr=qr), torch.device("cpu"),
+            pl = plan(W, torch.device("cpu"), case.r, 0.5)
+            t = {qr: 1e3 * timed(lambda: consensus_exact(B, A, pl, case.r, float64_qr=qr), torch.device("cpu"),
                                  args.reps, budget=float("inf"))[0] for qr in (False, True)}
             print(f"{name:>8} {t[False]:>10.1f} {t[True]:>15.1f} {t[True] / t[False]:>7.2f}", flush=True)
             f.write(json.dumps({"case": name, "gram_ms": t[False], "householder_ms": t[True],

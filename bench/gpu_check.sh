@@ -63,7 +63,7 @@ if want profile; then
   done
   timeout 15 $PY -m bench.profile --case small --w-on-host --reps 20 --rows 10 2>&1 | tee "$OUT/profile_small.log"
   for tg in float32 float64; do
-    timeout 20 $PY bench/small_core_timing.py --skip-torch --skip-thread --target $tg --reps 20 2>&1 | tee -a "$OUT/small_core_timing.log"
+    timeout 20 $PY bench/small_core_timing.py --skip-torch --target $tg --reps 20 2>&1 | tee -a "$OUT/small_core_timing.log"
   done
 fi
 
@@ -79,7 +79,7 @@ if want ncu; then
   if [ -n "$NCU" ]; then
     timeout ${NCU_TIMEOUT:-240} "$NCU" --kernel-name regex:small_core_block --launch-count 1 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
-        --section MemoryWorkloadAnalysis $PY bench/small_core_timing.py --cases 2048x48 --reps 1 --skip-thread \
+        --section MemoryWorkloadAnalysis $PY bench/small_core_timing.py --cases 2048x48 --reps 1 \
         --skip-torch --target float32 2>&1 | tee "$OUT/ncu_small_core.log" | tail -80
   else
     echo "ncu not found"

@@ -1,5 +1,5 @@
-"""Times the CUDA small-core solvers: the one-problem-per-block kernel (_C_cuda.small_core_block), the
-one-problem-per-thread build (_C_cuda.small_core) and the PyTorch fallback (reference.small_core_torch).
+"""Times the CUDA small-core solver (_C_cuda.small_core_block, one problem per thread block) against the PyTorch
+fallback (reference.small_core_torch), and compares their singular values.
 
     python bench/small_core_timing.py [--reps 50] [--target float64]
 
@@ -25,7 +25,6 @@ def main() -> int:
     ap.add_argument("--target", default="float64", choices=["float64", "float32"])
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--skip-torch", action="store_true", help="do not time the (slow) PyTorch fallback")
-    ap.add_argument("--skip-thread", action="store_true", help="do not time the (slow) per-thread kernel")
     ap.add_argument("--cases", default=None, help="comma list of batch x m, e.g. 2048x48,384x24 (default: all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -62,8 +61,8 @@ def main() -> int:
         return statistics.median(times)
 
     print(f"# {torch.cuda.get_device_name()}  target={args.target}  alpha={args.alpha}  median of {args.reps} (torch: of 5) (ms)")
-    print(f"{'batch':>6} {'m':>4} {'rank':>4} | {'block':>9} {'per-thread':>11} {'torch':>9} | {'thread/block':>12} "
-          f"{'torch/block':>11} | {'max|S_blk-S_thr|/S1':>20}")
+    print(f"{'batch':>6} {'m':>4} {'rank':>4} | {'block':>9} {'torch':>9} | {'torch/block':>11} | "
+          f"{'max|S_blk-S_torch|/S1':>22}")
     cases = CASES if not args.cases else [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
     for batch, m in cases:
         rank = max(1, m // 3)
@@ -83,24 +82,14 @@ def main() -> int:
             C.small_core_block(gb.data_ptr(), ga.data_ptr(), batch, m, rank, args.alpha, x.data_ptr(), y.data_ptr(),
                                s.data_ptr(), info.data_ptr(), work.data_ptr() if wd else 0, args.target, stream)
 
-        twd, twi = C.small_core_work_sizes(m)
-        x2, y2, s2, info2 = torch.empty_like(x), torch.empty_like(y), torch.empty_like(s), torch.empty_like(info)
-        work2 = torch.empty(batch * twd, dtype=torch.float64, device=dev)
-        iwork2 = torch.empty(batch * twi, dtype=torch.int32, device=dev)
-
-        def per_thread():
-            C.small_core(gb.data_ptr(), ga.data_ptr(), batch, m, rank, args.alpha, x2.data_ptr(), y2.data_ptr(),
-                         s2.data_ptr(), info2.data_ptr(), work2.data_ptr(), iwork2.data_ptr(), stream)
-
         def fallback():
-            small_core_torch(gb, ga, rank, args.alpha)
+            return small_core_torch(gb, ga, rank, args.alpha)
 
         tb = timed(block)
-        tt = float("nan") if args.skip_thread else timed(per_thread)
         tr = float("nan") if args.skip_torch else timed(fallback, reps=min(args.reps, 5))  # the fallback is slow (eigh + svd); fewer repetitions
-        diff = float("nan") if args.skip_thread else ((s - s2).abs().max() / s.abs().max()).item()
-        print(f"{batch:>6} {m:>4} {rank:>4} | {tb:>9.3f} {tt:>11.3f} {tr:>9.3f} | {tt / tb:>12.1f} {tr / tb:>11.1f} | "
-              f"{diff:>20.2e} | info: min {int(info.min())} mean {info.double().mean().item():.1f} max {int(info.max())}")
+        diff = float("nan") if args.skip_torch else ((s - fallback()[2]).abs().max() / s.abs().max()).item()
+        print(f"{batch:>6} {m:>4} {rank:>4} | {tb:>9.3f} {tr:>9.3f} | {tr / tb:>11.1f} | {diff:>22.2e} | "
+              f"info: min {int(info.min())} mean {info.double().mean().item():.1f} max {int(info.max())}")
     return 0
 
 

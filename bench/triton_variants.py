@@ -4,8 +4,8 @@
 
 Rows: Gram pass (pair_gram: fp64 / fp32 / tf32x3 / native16, per-pair and grouped) and reconstruction
 (mix_lowrank: ieee / tf32x3 / split16), for fp32 and bf16 data, B-like and A.mT-like layouts; time is the median of
-``triton.testing.do_bench``; the error is ||out - ref|| / ||ref|| against the same pass in float64. Used to choose
-``decaf_kernels._backend.GRAM_PRECISION`` / ``MIX_PRECISION`` (CUDA only).
+``triton.testing.do_bench``; the error is ||out - ref|| / ||ref|| against the same pass in float64. The modes and
+which of them the library uses are documented in ``decaf_kernels/_triton/gram.py`` and ``mix.py`` (CUDA only).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def main(argv=None) -> int:
         return 2
     from triton.testing import do_bench
 
-    from decaf_kernels import triton_kernels as tk
-    from decaf_kernels._graph import neighbours
+    import decaf_kernels._triton as tk
+    from decaf_kernels._graph import neighbours, pair_groups
 
     from .cases import get_case, make_inputs
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     B, A, W = make_inputs(case, device=dev)
     nb = neighbours(W.double().cpu())
     pairs = nb.pairs.to(dev)
-    groups = tk.pair_groups(nb.pairs, device=dev)
+    groups = pair_groups(nb.pairs, device=dev)
     idx = nb.idx.to(dev)
     Nu, D = idx.shape
     R = case.r

@@ -13,7 +13,8 @@ Public ops (registered with torch.library under ``decaf_kernels::``):
 """
 
 from ._backend import backend_info
-from .grouped import CapturedConsensus, consensus_tsvd_grouped
+from .captured import CapturedConsensus
+from .grouped import consensus_tsvd_grouped
 from .ops import consensus_distance, consensus_tsvd, interference, mix_factors, mix_products
 
 __version__ = "0.1.0"

@@ -5,8 +5,8 @@ block          CPU tensors                                 CUDA tensors
 =============  ==========================================  ===========================================
 pair_gram      C++ ``_C.pair_gram`` (fp64 accumulation)    Triton ``pair_gram`` (fp64 accumulation)
 mix_lowrank    C++ ``_C.mix_lowrank``                      Triton ``mix_lowrank``
-small_core     C++ ``_C.small_core`` (pivoted Cholesky +   CUDA ``_C_cuda.small_core_block`` (the same
-               one-sided Jacobi, OpenMP over the batch)    steps, one problem per thread block)
+small_core     C++ ``_C.small_core`` (OpenMP over the      CUDA ``_C_cuda.small_core_block`` (one
+               batch)                                      problem per thread block)
 =============  ==========================================  ===========================================
 
 Whenever the preferred implementation is unavailable (extension not built, Triton not installed), the
@@ -36,7 +36,7 @@ def _triton():
     global _triton_mod, _triton_err
     if _triton_mod is None and _triton_err is None:
         try:
-            from . import triton_kernels as tk
+            from . import _triton as tk
 
             if not tk.is_available():
                 raise ImportError(tk.unavailable_reason())
@@ -75,39 +75,16 @@ def _cpu_kernel_dtype(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-# Precision of the Triton passes on CUDA, per data dtype (see triton_kernels.pair_gram / mix_lowrank):
-# Grams in float64 for every dtype (exact products, DMMA). The 16-bit tensor-core mode "native16" is faster (0.38 ms
-# for both sides of bf16 `large` on an H100, where fp32 data in fp64 mode took 0.73 ms; bf16 in fp64 mode is not timed
-# yet) but failed its kernel-level accuracy test at P = 4096 on that GPU (2026-11-25, cause not yet known), so it is
-# not the default until that is understood.
-# Reconstruction: fp32 FMA ("ieee") for fp32 data, the hi/lo split of the small coefficients on the 16-bit tensor
-# cores for 16-bit data (passed its GPU tests). Measurements: bench/RESULTS.md.
-GRAM_PRECISION = {torch.float32: "fp64", torch.float64: "fp64", torch.bfloat16: "fp64", torch.float16: "fp64"}
-MIX_PRECISION = {torch.float32: "ieee", torch.float64: "ieee", torch.bfloat16: "split16", torch.float16: "split16"}
-
-
-# Whether the CUDA Gram pass uses the grouped Triton kernel (each factor tile read once for all its partners).
-GRAM_GROUPED = True
-
-
-def gram_groups(pairs: torch.Tensor, device: torch.device):
-    """The grouped-pairs plan for ``pair_gram`` on ``device`` (host pairs), or None where it does not apply."""
-    if device.type != "cuda" or not GRAM_GROUPED or _triton() is None:
-        return None
-    return _triton().pair_groups(pairs, device=device)
-
-
 def pair_gram(x: torch.Tensor, pairs: torch.Tensor, groups=None) -> torch.Tensor:
     """(L, T, Q, Q) float64 Gram blocks x[j]^T x[k] for the pairs; see ``reference.pair_gram_torch``.
 
-    groups: optional ``triton_kernels.pair_groups(pairs)`` plan (Triton path only): each factor tile is read once
-    for all its partners.
+    groups: optional ``_graph.pair_groups(pairs)`` plan (Triton path only): each factor tile is read once for all
+    its partners. Triton accumulates in float64 for every data dtype (exact products; the faster modes are
+    experiments, see ``_triton.gram``).
     """
     N, L, P, Q = x.shape
     if _use_triton(x):
-        prec = GRAM_PRECISION[x.dtype]
-        return _triton().pair_gram(x, pairs, precision=prec, out_dtype=torch.float64, groups=groups,
-                                   check_index=False)
+        return _triton().pair_gram(x, pairs, groups=groups, check_index=False)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
         if ext is not None:
@@ -126,8 +103,8 @@ def mix_lowrank(x: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, out: torch.
     n_out, D = idx.shape
     R = t.shape[-1]
     if _use_triton(x):
-        prec = MIX_PRECISION[x.dtype] if x.dtype != torch.float64 else "ieee"
-        return _triton().mix_lowrank(x, idx, t, out=out, precision=prec, check_index=False)
+        tk = _triton()
+        return tk.mix_lowrank(x, idx, t, out=out, precision=tk.default_precision(x.dtype), check_index=False)
     if x.device.type == "cpu":
         ext = _ext.cpu_ext()
         if ext is not None and D > ext.MIX_MAX_SLOTS:
@@ -171,12 +148,10 @@ def _cuda_small_core_block():
 
 def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, target: torch.dtype = torch.float64,
                *, check_convergence: bool = True):
-    """Batched top-`rank` core solve (float64); see ``reference.small_core_torch`` for the contract.
+    """Batched top-`rank` core solve (float64); see ``reference.small_core_torch`` for the contract and
+    csrc/include/decaf/small_core.h for the algorithm.
 
-    target: the dtype the results end up in. For float32 the C++ kernel solves the squared core C^T C with a
-    symmetric eigensolver (singular values resolved to ~1e-8 s_1, below fp32 rounding, at a fraction of the
-    Jacobi's cost); for float64 it runs the one-sided Jacobi SVD (LAPACK-level accuracy). The CUDA kernel runs
-    the one-sided Jacobi SVD for both, one problem per thread block.
+    target: the dtype the results end up in (float32 lets the kernels take a cheaper, fp32-accurate route).
     check_convergence: read the kernels' status on the host and warn when a problem hit its iteration limit
     (on CUDA this waits for the device, so the hot path passes False).
     """

@@ -16,12 +16,11 @@ projected problem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from . import _backend
-from ._graph import Neighbours, assembly_index
+from . import _validation as V
+from ._plan import Plan, outer_coef, plan, slot_coefs
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,17 +34,11 @@ def _pow2_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(e)
 
 
-def _outer_coef(coef: torch.Tensor, r: int) -> torch.Tensor:
-    """(.., Nu, D) per-slot scalars -> (.., Nu, D r, D r) products coef_s coef_t, block by block."""
-    c = coef.repeat_interleave(r, dim=-1)
-    return c[..., :, None] * c[..., None, :]
-
-
 def _assemble(G: torch.Tensor, index: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
     """Gram of the stacked neighbour factors from the pair blocks.
 
     G: (L, T, r, r) pair blocks; index: ``_graph.assembly_index``; outer: (L or 1, Nu, D r, D r) from
-    :func:`_outer_coef` of the per-slot scalars (weight x scale; 0 for empty slots). Returns (L, Nu, D r, D r)
+    ``_plan.outer_coef`` of the per-slot scalars (weight x scale; 0 for empty slots). Returns (L, Nu, D r, D r)
     with block (s, t) = coef_s coef_t G(j_s, j_t).
     """
     L = G.shape[0]
@@ -71,90 +64,6 @@ def _scan_finite(Bx: torch.Tensor, Ax: torch.Tensor, report) -> None:
     for name, X in (("B", Bx), ("A", Ax)):
         if not bool(torch.isfinite(X.abs().amax())):
             report(name)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything consensus_exact derives from the neighbour lists, made once per (W, device, r) and kept on the
-    data's device: per-call host-to-device copies would synchronise the stream and break CUDA-graph capture."""
-
-    idx: torch.Tensor  # (Nu, D) int64, -1 = empty slot
-    pairs: torch.Tensor  # (T, 2) int64
-    active: torch.Tensor  # (Nu, D) float64, 1 for a filled slot
-    slot: torch.Tensor  # (Nu, D) int64, idx with empty slots pointing at agent 0
-    weights: torch.Tensor  # (Nu, D) float64
-    index: torch.Tensor  # assembly_index(nb, r)
-    same: torch.Tensor  # (T,) bool: the pair is (j, j)
-    uncovered: torch.Tensor  # agents no diagonal pair covers (host, int64)
-    coefs: dict  # alpha -> the per-slot coefficients of unscaled (non-float64) data, see _unscaled_coefs
-    groups: object  # pairs grouped by a shared factor for the Triton Gram kernel (CUDA), or None
-
-
-_plans: dict = {}
-
-
-def _not_while_capturing(dev: torch.device) -> None:
-    """Tensors made during a CUDA-graph capture only receive their values when the graph is replayed, so the
-    per-W tables must exist before: a capture needs one eager call with the same W, shapes and split first."""
-    if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("consensus_tsvd is being captured in a CUDA graph before any eager call with this W, rank "
-                           "and split: run it once eagerly first (a warm-up; kernels also compile and autotune "
-                           "there), then capture")
-
-
-def _plan(nb: Neighbours, dev: torch.device, r: int) -> _Plan:
-    key = (id(nb), str(dev), r)
-    hit = _plans.get(key)
-    if hit is not None and hit[0] is nb:
-        return hit[1]
-    _not_while_capturing(dev)
-    idx = nb.idx.to(dev)
-    same = nb.pairs[:, 0] == nb.pairs[:, 1]
-    covered = torch.zeros(nb.n_agents, dtype=torch.bool)
-    covered[nb.pairs[same][:, 0]] = True
-    plan = _Plan(
-        idx=idx,
-        pairs=nb.pairs.to(dev),
-        active=(idx >= 0).to(torch.float64),
-        slot=idx.clamp(min=0),
-        weights=nb.weights.to(dev, torch.float64),
-        index=assembly_index(nb, r).to(dev),
-        same=same.to(dev),
-        uncovered=torch.nonzero(~covered).flatten(),
-        coefs={},
-        groups=_backend.gram_groups(nb.pairs, dev),
-    )
-    if len(_plans) > 64:
-        _plans.clear()
-    _plans[key] = (nb, plan)  # holding nb keeps id(nb) from being reused while the entry lives
-    return plan
-
-
-def _slot_coefs(wb: torch.Tensor, ca: torch.Tensor, alpha: float):
-    """Per-slot coefficients from wb (weight x scale of each B slot) and ca (scale of each A slot), (L or 1, Nu, D):
-    the slot coefficients of Bc~ and Ac~ (normalised by the row maxima hb, ha), the reconstruction factors gb, ga
-    that undo the normalisation (Bc = hb Bc~, Ac = ha Ac~ => S = hb ha S~, B' = Bc~ X~ (hb ha)^alpha,
-    A' = (hb ha)^(1 - alpha) Y~ Ac~) and the scale hb ha of S. The Gram route assembles with their
-    :func:`_outer_coef` products."""
-    hb = wb.abs().amax(-1, keepdim=True)
-    ha = ca.abs().amax(-1, keepdim=True)
-    hb = torch.where(hb > 0, hb, torch.ones_like(hb))
-    ha = torch.where(ha > 0, ha, torch.ones_like(ha))
-    cb, cn = wb / hb, ca / ha
-    gb = cb * (hb.pow(alpha) * ha.pow(alpha))
-    ga = cn * (hb.pow(1.0 - alpha) * ha.pow(1.0 - alpha))
-    return cb, cn, gb, ga, hb * ha
-
-
-def _unscaled_coefs(pl: _Plan, r: int, alpha: float):
-    """:func:`_slot_coefs` and the assembly products for data without per-agent scales (every dtype but float64):
-    they depend on W alone, so they are made once per (W, device, r, alpha) and cached in the plan."""
-    hit = pl.coefs.get(alpha)
-    if hit is None:
-        _not_while_capturing(pl.idx.device)
-        coefs = _slot_coefs((pl.weights * pl.active)[None], pl.active[None], alpha)
-        hit = pl.coefs[alpha] = (coefs, (_outer_coef(coefs[0], r), _outer_coef(coefs[1], r)))
-    return hit
 
 
 # Elements of the stacked neighbour factors gathered at once by _householder_core (bounds its extra memory).
@@ -208,9 +117,9 @@ def _householder_core(Bs: torch.Tensor, As: torch.Tensor, slot: torch.Tensor, wb
     return X, Y, S
 
 
-def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
-                    report_non_finite=None, out_dtype=None, float64_qr=None):
-    """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k).
+def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, pl: Plan, rank: int, report_non_finite=None,
+                    out_dtype=None, float64_qr=None):
+    """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k); pl: the plan of W for (device, r, split).
 
     report_non_finite: None (no check) or a callable taking "B" or "A", called when that factor has a non-finite
     value (it raises, naming the element in the caller's coordinates). The check reads two booleans on the host;
@@ -224,10 +133,10 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
     """
     N, L, d, r = Bf.shape
     k = Af.shape[-1]
-    Nu, D = nb.idx.shape
+    Nu, D = pl.idx.shape
     cd = compute_dtype(Bf.dtype)
     dev = Bf.device
-    pl = _plan(nb, dev, r)
+    alpha = pl.alpha
     active, slot, w = pl.active, pl.slot, pl.weights
 
     if Bf.dtype == torch.float64:
@@ -239,11 +148,11 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         As = Af / ca[:, :, None, None].to(Af.dtype)
         cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
         ca_slot = ca[slot].permute(2, 0, 1) * active
-        coefs, outer = _slot_coefs(w[None] * cb_slot, ca_slot, alpha), None
+        coefs, outer = slot_coefs(w[None] * cb_slot, ca_slot, alpha), None
     else:
-        # no per-layer scales: every coefficient depends on W alone, so it is made once per (W, device, r, alpha)
+        # no per-layer scales: every coefficient depends on W alone, so the plan holds them
         Bs, As = Bf, Af
-        coefs, outer = _unscaled_coefs(pl, r, alpha)
+        coefs, outer = pl.coefs, pl.outer
     coef_b, coef_a, gb, ga, s_scale = coefs
 
     if float64_qr is None:
@@ -257,14 +166,14 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: in
         GA = _backend.pair_gram(As.mT, pl.pairs, pl.groups)
         if report_non_finite is not None:
             _check_finite_from_grams(GB, GA, pl, Bf, Af, report_non_finite)
-        outer_b, outer_a = outer if outer is not None else (_outer_coef(coef_b, r), _outer_coef(coef_a, r))
+        outer_b, outer_a = outer if outer is not None else (outer_coef(coef_b, r), outer_coef(coef_a, r))
         Gb = _assemble(GB, pl.index, outer_b)
         Ga = _assemble(GA, pl.index, outer_a)
         X, Y, S = _backend.small_core(Gb, Ga, rank, alpha, cd,
                                       check_convergence=report_non_finite is not None or dev.type == "cpu")
     # (L, Nu, m, R), (L, Nu, R, m), (L, Nu, R)
 
-    S = S * s_scale  # undo the normalisation (see _slot_coefs)
+    S = S * s_scale  # undo the normalisation (see _plan.slot_coefs)
     R = X.shape[-1]
     T_B = (X.reshape(L, Nu, D, r, R) * gb[..., None, None]).to(cd).permute(1, 0, 2, 3, 4)
     T_A = (Y.reshape(L, Nu, R, D, r) * ga[:, :, None, :, None]).to(cd).permute(1, 0, 3, 4, 2)
@@ -300,12 +209,13 @@ def _orth(Y: torch.Tensor) -> torch.Tensor:
     return Q
 
 
-def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, rank: int, alpha: float,
-                         oversample: int, power_iters: int, seed: int):
+def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, pl: Plan, rank: int, oversample: int,
+                         power_iters: int, seed: int):
     """Randomized factored consensus TSVD; same shapes and dtype as :func:`consensus_exact`."""
     N, L, d, r = Bf.shape
     k = Af.shape[-1]
-    Nu, D = nb.idx.shape
+    Nu, D = pl.idx.shape
+    alpha = pl.alpha
     m = D * r
     cd = compute_dtype(Bf.dtype)
     dev = Bf.device
@@ -319,9 +229,8 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, nb: Neighbours, ran
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
     omega = torch.randn((L, k, ell), generator=gen, dtype=cd, device=dev)
-    idx = nb.idx.to(dev)
-    slot = idx.clamp(min=0)
-    wm = (nb.weights * (nb.idx >= 0)).to(dev, cd)  # (Nu, D)
+    idx, slot = pl.idx, pl.slot
+    wm = (pl.weights * pl.active).to(cd)  # (Nu, D)
 
     def apply_M(Z_k: torch.Tensor) -> torch.Tensor:
         """M_i Z_i for Z_i: (Nu, L, k, ell) -> (Nu, L, d, ell), through the factors."""
@@ -378,3 +287,40 @@ def auto_method(d: int, k: int, m: int, power_iters: int, device_type: str = "cp
     width = 1536.0 / (d + k)
     ratio = (m / _AUTO_M1) ** 1.5 * width ** (0.5 if width > 1 else 1.27) * 6.0 / (2 * power_iters + 2)
     return "randomized" if ratio >= AUTO_MARGIN else "exact"
+
+
+def flatten_layers(B: torch.Tensor, A: torch.Tensor):
+    """(N, *batch, d, r), (N, *batch, r, k) -> (N, L, d, r), (N, L, r, k) views or copies, L = prod(batch)."""
+    N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
+    return B.reshape(N, -1, d, r), A.reshape(N, -1, r, k)
+
+
+def consensus_forward(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor, rank: int, method: str, oversample: int,
+                      power_iters: int, seed: int, alpha: float, validate: bool):
+    """The body of the consensus_tsvd op (arguments checked by ops.consensus_tsvd): (B', A', S) for every agent."""
+    if validate:
+        V.check_mixing_values(W)  # B and A: the exact method reads finiteness off its Grams
+    N, batch, d, r, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], B.shape[-1], A.shape[-1]
+    cd = compute_dtype(B.dtype)
+    Bf, Af = flatten_layers(B, A)
+    if Bf.shape[1] == 0:
+        return (B.new_empty((N, *batch, d, rank)), A.new_empty((N, *batch, rank, k)),
+                B.new_empty((N, *batch, rank), dtype=cd))
+    if B.dtype in (torch.float16, torch.bfloat16) and B.device.type == "cpu":
+        Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
+    pl = plan(W, B.device, r, alpha)
+    if method == "auto":
+        method = auto_method(d, k, pl.nb.degree * r, power_iters, B.device.type)
+    if method == "exact":
+        report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
+        Bu, Au, Su = consensus_exact(Bf, Af, pl, rank, report_non_finite=report, out_dtype=B.dtype)
+    else:
+        if validate:
+            V.check_finite("B", B)
+            V.check_finite("A", A)
+        Bu, Au, Su = consensus_randomized(Bf, Af, pl, rank, oversample, power_iters, seed)
+    if Bu.shape[0] != N or not torch.equal(pl.nb.inverse, torch.arange(N)):
+        Bu, Au, Su = Bu[pl.inverse], Au[pl.inverse], Su[pl.inverse]
+    return (Bu.reshape(N, *batch, d, rank).to(B.dtype).contiguous(),
+            Au.reshape(N, *batch, rank, k).to(A.dtype).contiguous(),
+            Su.reshape(N, *batch, rank).to(cd).contiguous())

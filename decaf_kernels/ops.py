@@ -1,7 +1,9 @@
-"""Public ops, registered with torch.library under the ``decaf_kernels::`` namespace.
+"""Public ops, registered with torch.library under the ``decaf_kernels::`` namespace: registration only.
 
-Every op has a fake (meta) implementation, so it works under ``torch.compile(fullgraph=True)``; metadata
-checks run in the Python wrappers, value checks inside the ops. See each function's docstring.
+Each op is a custom op (its body calls the maths in ``_consensus``, ``_consensus_backward`` or ``_diagnostics``),
+a fake (meta) implementation, so it works under ``torch.compile(fullgraph=True)``, autograd wiring where the op is
+differentiable, and the public wrapper, which checks metadata (shapes, dtypes, devices, options) before anything
+runs; value checks happen inside the ops. See each function's docstring.
 """
 
 from typing import Optional
@@ -9,9 +11,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _diagnostics
 from . import _validation as V
-from ._consensus import auto_method, compute_dtype, consensus_exact, consensus_randomized
-from ._graph import neighbours
+from ._consensus import compute_dtype, consensus_forward
+from ._consensus_backward import consensus_backward
 
 __all__ = ["consensus_tsvd", "mix_factors", "mix_products", "consensus_distance", "interference"]
 
@@ -24,45 +27,12 @@ METHODS = ("auto", "exact", "randomized")
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _flatten(B: Tensor, A: Tensor):
-    N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
-    return B.reshape(N, -1, d, r), A.reshape(N, -1, r, k)
-
-
 @torch.library.custom_op("decaf_kernels::consensus_tsvd", mutates_args=())
 def _consensus_tsvd_op(
     B: Tensor, A: Tensor, W: Tensor, rank: int, method: str, oversample: int, power_iters: int, seed: int,
     split: str, validate: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if validate:
-        V.check_mixing_values(W)  # B and A: the exact method reads finiteness off its Grams (see below)
-    N, batch, d, r, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], B.shape[-1], A.shape[-1]
-    cd = compute_dtype(B.dtype)
-    alpha = SPLITS[split]
-    Bf, Af = _flatten(B, A)
-    L = Bf.shape[1]
-    if L == 0:
-        return (B.new_empty((N, *batch, d, rank)), A.new_empty((N, *batch, rank, k)),
-                B.new_empty((N, *batch, rank), dtype=cd))
-    if B.dtype in (torch.float16, torch.bfloat16) and B.device.type == "cpu":
-        Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
-    nb = neighbours(W)
-    if method == "auto":
-        method = auto_method(d, k, nb.degree * r, power_iters, B.device.type)
-    if method == "exact":
-        report = (lambda name: V.raise_non_finite(name, B if name == "B" else A)) if validate else None
-        Bu, Au, Su = consensus_exact(Bf, Af, nb, rank, alpha, report_non_finite=report, out_dtype=B.dtype)
-    else:
-        if validate:
-            V.check_finite("B", B)
-            V.check_finite("A", A)
-        Bu, Au, Su = consensus_randomized(Bf, Af, nb, rank, alpha, oversample, power_iters, seed)
-    if Bu.shape[0] != N or not torch.equal(nb.inverse, torch.arange(N)):
-        inv = nb.inverse.to(Bu.device)
-        Bu, Au, Su = Bu[inv], Au[inv], Su[inv]
-    return (Bu.reshape(N, *batch, d, rank).to(B.dtype).contiguous(),
-            Au.reshape(N, *batch, rank, k).to(A.dtype).contiguous(),
-            Su.reshape(N, *batch, rank).to(cd).contiguous())
+    return consensus_forward(B, A, W, rank, method, oversample, power_iters, seed, SPLITS[split], validate)
 
 
 @_consensus_tsvd_op.register_fake
@@ -77,113 +47,13 @@ def _consensus_tsvd_backward_op(
     grad_B: Tensor, grad_A: Tensor, grad_S: Tensor, B: Tensor, A: Tensor, W: Tensor, B_new: Tensor,
     A_new: Tensor, split: str, need_W: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dB, dA, dW = _consensus_backward(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, SPLITS[split], need_W)
+    dB, dA, dW = consensus_backward(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, SPLITS[split], need_W)
     return dB.to(B.dtype).contiguous(), dA.to(A.dtype).contiguous(), dW.to(W.device, W.dtype).contiguous()
 
 
 @_consensus_tsvd_backward_op.register_fake
 def _(grad_B, grad_A, grad_S, B, A, W, B_new, A_new, split, need_W):
     return B.new_empty(B.shape), A.new_empty(A.shape), W.new_empty(W.shape)
-
-
-# Kept singular values closer than this (relative) are treated as tied: (a + b) / (s_j - s_i) would be mostly
-# rounding there (float64 J and K carry errors of ~eps |J|), while the tie limit is exact for losses of B'A' and S.
-_TIE_RTOL = float(torch.finfo(torch.float64).eps) ** 0.5
-
-
-def _svd_coupling(J: Tensor, K: Tensor, s: Tensor, R1: int) -> Tensor:
-    """Off-diagonal part of the SVD derivative, Z_ij = (s_j a_ij + s_i b_ij) / (s_j^2 - s_i^2) with a = J - J^T,
-    b = K - K^T (Townsend 2016), written as (a + b) / (2 (s_j - s_i)) + (a - b) / (2 (s_j + s_i)).
-
-    Only the first term is singular when s_i = s_j. For two kept directions with (nearly) equal singular values the
-    factors are not differentiable (any rotation inside their plane is an SVD), but B'A' and S are, and for any loss
-    of those a + b vanishes at the tie; its finite limit, (J + J^T + K + K^T)_ij / (2 (s_i + s_j)), is used there.
-    Pairs with no kept direction carry no gradient; a kept/dropped tie (sigma_rank = sigma_rank+1) is outside the
-    contract and gets none either.
-    """
-    t = s.shape[-1]
-    si, sj = s[..., :, None], s[..., None, :]
-    diff, total = sj - si, sj + si
-    inside = torch.arange(t, device=s.device) < R1
-    off = ~torch.eye(t, dtype=torch.bool, device=s.device)
-    tie = (inside[:, None] & inside[None, :] & off) & (diff.abs() <= _TIE_RTOL * torch.maximum(si, sj))
-    ok = (inside[:, None] | inside[None, :]) & off & (total > 0) & (tie | (diff != 0))
-    one = torch.ones_like(diff)
-    a, b = J - J.mT, K - K.mT
-    first = torch.where(tie, (J + J.mT + K + K.mT) / (2 * torch.where(ok, total, one)),
-                        (a + b) / (2 * torch.where(ok & ~tie, diff, one)))
-    second = (a - b) / (2 * torch.where(ok, total, one))
-    return torch.where(ok, first + second, torch.zeros_like(diff))
-
-
-def _consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: bool):
-    """Vector-Jacobian product of the truncated SVD factors, in float64, without forming d x k matrices.
-
-    Recomputes the SVD of every M_i inside the span of its neighbours' factors (Householder QR of the stacked
-    factors + SVD of the small core), aligns the signs with the forward outputs, and applies the SVD
-    derivative (Townsend 2016) restricted to that span, so the gradient of the product
-    B_new @ A_new (and of S) is exact where sigma_rank > sigma_(rank+1), ties inside the kept block included (see
-    _svd_coupling). The result G_M = Lf @ Rf stays factored.
-    """
-    f64 = torch.float64
-    N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
-    R = B_new.shape[-1]
-    Bf, Af = (t.to(f64) for t in _flatten(B, A))
-    L = Bf.shape[1]
-    gBf = gB.reshape(N, L, d, R).to(f64)
-    gAf = gA.reshape(N, L, R, k).to(f64)
-    gSf = gS.reshape(N, L, R).to(f64)
-    Bn = B_new.reshape(N, L, d, R).to(f64)
-    An = A_new.reshape(N, L, R, k).to(f64)
-    Wd = W.to(B.device, f64)  # W may live on the host (see consensus_tsvd)
-
-    nb = neighbours(W, dedupe=False)
-    idx = nb.idx.to(B.device)
-    slot = idx.clamp(min=0)
-    w = (nb.weights * (nb.idx >= 0)).to(f64).to(B.device)  # (N, D)
-    D = idx.shape[1]
-    Bc = (Bf[slot] * w[:, :, None, None, None]).permute(0, 2, 3, 1, 4).reshape(N, L, d, D * r)
-    Ac = (Af[slot] * (idx >= 0).to(f64)[:, :, None, None, None]).permute(0, 2, 1, 3, 4).reshape(N, L, D * r, k)
-    Qb, Rb = torch.linalg.qr(Bc)
-    Qa, Ra = torch.linalg.qr(Ac.mT)
-    Uc, s, Vch = torch.linalg.svd(Rb @ Ra.mT, full_matrices=False)
-    U, Vm = Qb @ Uc, Qa @ Vch.mT  # (N, L, d, t), (N, L, k, t)
-    t = s.shape[-1]
-    R1 = min(R, t)
-    s1 = s[..., :R1]
-    tiny = torch.finfo(f64).eps * max(d, k, D * r) * s[..., :1]
-    live = s1 > tiny  # directions the forward returned as zero carry no gradient
-    sgn = torch.sign((U[..., :R1] * Bn[..., :R1]).sum(-2) + (Vm[..., :R1] * An[..., :R1, :].mT).sum(-2))
-    sgn = torch.where(sgn == 0, torch.ones_like(sgn), sgn)
-    U = torch.cat([U[..., :R1] * sgn[..., None, :], U[..., R1:]], -1)
-    Vm = torch.cat([Vm[..., :R1] * sgn[..., None, :], Vm[..., R1:]], -1)
-    U1, V1 = U[..., :R1], Vm[..., :R1]
-
-    s_safe = torch.where(live, s1, torch.ones_like(s1))
-    gU1 = gBf[..., :R1] * s_safe.pow(alpha)[..., None, :]
-    gV1 = gAf[..., :R1, :].mT * s_safe.pow(1.0 - alpha)[..., None, :]
-    gs1 = gSf[..., :R1] + (gBf[..., :R1] * U1).sum(-2) * (alpha * s_safe.pow(alpha - 1.0))
-    gs1 = gs1 + (gAf[..., :R1, :].mT * V1).sum(-2) * ((1.0 - alpha) * s_safe.pow(-alpha))
-    keep = live.to(f64)
-    gU1, gV1, gs1 = gU1 * keep[..., None, :], gV1 * keep[..., None, :], gs1 * keep
-
-    pad = lambda x, n: torch.cat([x, x.new_zeros(*x.shape[:-1], n)], -1)  # noqa: E731
-    gU, gV, gs = pad(gU1, t - R1), pad(gV1, t - R1), pad(gs1, t - R1)
-    J = U.mT @ gU
-    K = Vm.mT @ gV
-    Z = _svd_coupling(J, K, s, R1) + torch.diag_embed(gs)
-    inv1 = torch.where(live, 1.0 / s_safe, torch.zeros_like(s_safe))
-    P2 = (gU1 - U @ J[..., :, :R1]) * inv1[..., None, :]
-    Q3 = (gV1 - Vm @ K[..., :, :R1]) * inv1[..., None, :]
-    Lf = torch.cat([U @ Z, P2, U1], -1)  # G_M = Lf @ Rf^T
-    Rf = torch.cat([Vm, V1, Q3], -1)  # (N, L, k, p)
-
-    LB = torch.einsum("ildp,jldr->ijlpr", Lf, Bf)  # Lf_i^T B_j
-    RA = torch.einsum("ilkp,jlrk->ijlpr", Rf, Af)  # Rf_i^T A_j^T
-    dB = torch.einsum("ij,ildp,ijlpr->jldr", Wd, Lf, RA)
-    dA = torch.einsum("ij,ijlpr,ilkp->jlrk", Wd, LB, Rf)
-    dW = (LB * RA).sum((-1, -2, -3)) if need_W else torch.zeros_like(Wd)
-    return dB.reshape(B.shape), dA.reshape(A.shape), dW
 
 
 def _consensus_setup_context(ctx, inputs, output):
@@ -441,21 +311,9 @@ def mix_products(B: Tensor, A: Tensor, W: Tensor, *, validate: bool = True) -> T
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _grams(B64: Tensor, A64: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
-    """<B_i A_i, B2_j A2_j>_F for all i, j, per layer: (L, N, N2), through r x r Grams (no d x k matrices)."""
-    GB = torch.einsum("ildr,jlds->lijrs", B64, B2)
-    GA = torch.einsum("ilrk,jlsk->lijrs", A64, A2)
-    return (GB * GA).sum((-1, -2))
-
-
 @torch.library.custom_op("decaf_kernels::consensus_distance", mutates_args=())
 def _consensus_distance_op(B: Tensor, A: Tensor) -> Tensor:
-    N = B.shape[0]
-    Bf, Af = (t.to(torch.float64) for t in _flatten(B, A))
-    K = _grams(Bf, Af, Bf, Af)  # (L, N, N)
-    sq = K.diagonal(dim1=-2, dim2=-1).sum(-1) - K.sum((-1, -2)) / N
-    out = (sq.clamp(min=0) / N).sqrt()
-    return out.reshape(B.shape[1:-2]).to(compute_dtype(B.dtype))
+    return _diagnostics.consensus_distance(B, A)
 
 
 @_consensus_distance_op.register_fake
@@ -488,23 +346,7 @@ def consensus_distance(B: Tensor, A: Tensor) -> Tensor:
 
 @torch.library.custom_op("decaf_kernels::interference", mutates_args=())
 def _interference_op(B: Tensor, A: Tensor, W: Tensor, relative: bool) -> Tensor:
-    N = B.shape[0]
-    Bf, Af = (t.to(torch.float64) for t in _flatten(B, A))
-    W64 = W.to(torch.float64)
-    Bbar = torch.einsum("ij,jldr->ildr", W64, Bf)
-    Abar = torch.einsum("ij,jlrk->ilrk", W64, Af)
-    K = _grams(Bf, Af, Bf, Af)  # <P_j, P_k>
-    norm_M = torch.einsum("ij,ljk,ik->li", W64, K, W64)  # ||M_i||^2
-    cross = torch.einsum("ij,lji->li", W64, _grams(Bf, Af, Bbar, Abar))  # <M_i, Bbar_i Abar_i>
-    GBb = torch.einsum("ildr,ilds->ilrs", Bbar, Bbar)
-    GAb = torch.einsum("ilrk,ilsk->ilrs", Abar, Abar)
-    norm_mix = (GBb * GAb).sum((-1, -2)).mT  # (L, N) ||Bbar_i Abar_i||^2
-    sq = (norm_M - 2 * cross + norm_mix).clamp(min=0)
-    out = sq.sqrt()
-    if relative:
-        nm = norm_M.clamp(min=0).sqrt()
-        out = torch.where(nm > 0, out / torch.where(nm > 0, nm, torch.ones_like(nm)), torch.zeros_like(out))
-    return out.mT.reshape(N, *B.shape[1:-2]).to(compute_dtype(B.dtype))
+    return _diagnostics.interference(B, A, W, relative)
 
 
 @_interference_op.register_fake

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # Triton kernels are checked on the CPU under the interpreter; the variable must be set before any kernel is
-# defined, i.e. before decaf_kernels.triton_kernels is imported.
+# defined, i.e. before decaf_kernels._triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -15,7 +15,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 import decaf_kernels as dk  # noqa: E402
 from decaf_kernels import _backend  # noqa: E402
-from decaf_kernels import triton_kernels  # noqa: E402
+import decaf_kernels._triton as triton_kernels  # noqa: E402
 
 if not triton_kernels.is_available() and triton_kernels.triton_too_old():  # a broken install fails instead
     pytest.skip(f"the Triton kernels cannot be checked: {triton_kernels.unavailable_reason()}", allow_module_level=True)
