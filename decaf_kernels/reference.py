@@ -43,10 +43,10 @@ def consensus_tsvd_ref(B, A, W, rank: int, alpha: float = 0.5):
     return U * S.pow(alpha).unsqueeze(-2), S.pow(1.0 - alpha).unsqueeze(-1) * Vh, S
 
 
-def pair_gram_torch(x: torch.Tensor, pairs: torch.Tensor, acc_dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """out[l, t] = x[j_t, l]^T @ x[k_t, l] for x: (N, L, P, Q), pairs: (T, 2). Returns (L, T, Q, Q) in acc_dtype."""
-    xj = x[pairs[:, 0]].to(acc_dtype)
-    xk = x[pairs[:, 1]].to(acc_dtype)
+def pair_gram_torch(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """out[l, t] = x[j_t, l]^T @ x[k_t, l] for x: (N, L, P, Q), pairs: (T, 2). Returns (L, T, Q, Q) in float64."""
+    xj = x[pairs[:, 0]].to(torch.float64)
+    xk = x[pairs[:, 1]].to(torch.float64)
     return torch.einsum("tlpq,tlps->ltqs", xj, xk)
 
 
