@@ -48,6 +48,34 @@ def rng_for(request) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
+def change_id(change) -> str:
+    """Test id of a bad-argument case: the change (a dict of argument values) or its name."""
+    return change if isinstance(change, str) else "-".join(f"{k}={change[k]}" for k in change)
+
+
+def assert_rejected(fn, make_args, change, needle, misaligned):
+    """fn(**args) must raise ValueError matching `needle`, args being the valid arguments of make_args()
+    updated by `change`, or, for change == misaligned[0], with pointer argument misaligned[1] moved by
+    misaligned[2] bytes. make_args() returns (arrays to keep alive, args)."""
+    keep, args = make_args()
+    tag, name, offset = misaligned
+    if change == tag:
+        args[name] += offset
+    else:
+        args.update(change)
+    with pytest.raises(ValueError, match=needle):
+        fn(**args)
+    del keep
+
+
+def assert_bad_index_rejected(fn, make_args, at, value, needle):
+    """As assert_rejected, with entry `at` of the index array (the second one kept) set to `value`."""
+    keep, args = make_args()
+    keep[1][at] = value
+    with pytest.raises(ValueError, match=needle):
+        fn(**args)
+
+
 # ----------------------------------------------------------------------------------------------
 # small_core
 # ----------------------------------------------------------------------------------------------
@@ -556,17 +584,10 @@ def _ptr_args(batch=2, m=4, rank=2):
         (dict(target="fp32"), "target"),
         (dict(target=""), "target"),
     ],
-    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v),
+    ids=change_id,
 )
 def test_small_core_rejects_bad_arguments(change, needle):
-    keep, args = _ptr_args()
-    if change == "misaligned-x":
-        args["x_ptr"] += 4
-    else:
-        args.update(change)
-    with pytest.raises(ValueError, match=needle):
-        _C.small_core(**args)
-    del keep
+    assert_rejected(_C.small_core, _ptr_args, change, needle, ("misaligned-x", "x_ptr", 4))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -689,24 +710,14 @@ def _pg_args():
         ("misaligned-x", "x_ptr"),
         (dict(isa="neon"), "isa"),
     ],
-    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v),
+    ids=change_id,
 )
 def test_pair_gram_rejects_bad_arguments(change, needle):
-    keep, args = _pg_args()
-    if change == "misaligned-x":
-        args["x_ptr"] += 2
-    else:
-        args.update(change)
-    with pytest.raises(ValueError, match=needle):
-        _C.pair_gram(**args)
-    del keep
+    assert_rejected(_C.pair_gram, _pg_args, change, needle, ("misaligned-x", "x_ptr", 2))
 
 
 def test_pair_gram_rejects_negative_agent_index():
-    keep, args = _pg_args()
-    keep[1][0, 1] = -1
-    with pytest.raises(ValueError, match=r"pairs\[0, 1\].*got -1"):
-        _C.pair_gram(**args)
+    assert_bad_index_rejected(_C.pair_gram, _pg_args, (0, 1), -1, r"pairs\[0, 1\].*got -1")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -820,24 +831,14 @@ def _mix_args():
         ("misaligned-out", "out_ptr"),
         (dict(isa="avx1024"), "isa"),
     ],
-    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v),
+    ids=change_id,
 )
 def test_mix_lowrank_rejects_bad_arguments(change, needle):
-    keep, args = _mix_args()
-    if change == "misaligned-out":
-        args["out_ptr"] += 1
-    else:
-        args.update(change)
-    with pytest.raises(ValueError, match=needle):
-        _C.mix_lowrank(**args)
-    del keep
+    assert_rejected(_C.mix_lowrank, _mix_args, change, needle, ("misaligned-out", "out_ptr", 1))
 
 
 def test_mix_lowrank_rejects_index_below_minus_one():
-    keep, args = _mix_args()
-    keep[1][1, 1] = -2
-    with pytest.raises(ValueError, match=r"idx\[1, 1\].*got -2"):
-        _C.mix_lowrank(**args)
+    assert_bad_index_rejected(_C.mix_lowrank, _mix_args, (1, 1), -2, r"idx\[1, 1\].*got -2")
 
 
 def test_module_reports_its_configuration():

@@ -6,14 +6,12 @@
 // argument they can see (sizes, strides, dtype strings, null or misaligned addresses, index
 // values) and raise ValueError naming the argument, before touching any output.
 // The GIL is released while a kernel runs.
+#include "prelude.h"  // first, as in every source of this module
+
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <string>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "decaf/mix_lowrank.h"
 #include "decaf/small_core.h"
@@ -113,14 +111,6 @@ Example:
 
 std::string cpu_isa() { return decaf::cpu::isa_name(decaf::cpu::best_isa()); }
 
-int max_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -146,7 +136,8 @@ PYBIND11_MODULE(_C, m) {
 
     m.def("cpu_isa", &cpu_isa,
           "The instruction set the kernels use by default on this CPU: 'avx512', 'avx2' or 'baseline'.");
-    m.def("max_threads", &max_threads, "OpenMP threads a kernel call may use (1 when built without OpenMP).");
+    m.def("max_threads", &decaf::cpu::omp_threads,
+          "OpenMP threads a kernel call may use (1 when built without OpenMP).");
 
     m.attr("SMALL_CORE_MAX_M") = decaf::cpu::kSmallCoreMaxM;
     m.attr("SMALL_CORE_MAX_SWEEPS") = decaf::kSmallCoreMaxSweeps;

@@ -40,6 +40,38 @@ inline void check_product(const char* op, const char* what, std::int64_t a, std:
         fail(op, std::string(what) + " is too large to address (" + std::to_string(a) + " * " + std::to_string(b) + ")");
 }
 
+// Element strides, each >= 0, checked in order; names[i] names strides[i] in the message.
+template <int N>
+inline void check_strides(const char* op, const char* const (&names)[N], const std::int64_t (&strides)[N]) {
+    for (int i = 0; i < N; ++i) check_min(op, names[i], strides[i], 0);
+}
+
+// check_product(size[i], stride[i]) for each dimension in order (what[i] names it in the message).
+template <int N>
+inline void check_extents(const char* op, const char* const (&what)[N], const std::int64_t (&size)[N],
+                          const std::int64_t (&stride)[N]) {
+    for (int i = 0; i < N; ++i) check_product(op, what[i], size[i], stride[i]);
+}
+
+// The agent indices idx[0 .. rows * width), a row-major rows x width table named `name`: each must
+// be in [0, n_agents - 1] (only >= 0 when n_agents == -1), or -1 (an empty slot) when allow_empty.
+// They are data, but they decide which memory is read (agent j at j * sN): all are checked before
+// any work, and so is the offset of the largest.
+inline void check_agents(const char* op, const char* name, const std::int64_t* idx, std::int64_t rows,
+                         std::int64_t width, std::int64_t n_agents, bool allow_empty, std::int64_t sN) {
+    std::int64_t max_agent = 0;
+    for (std::int64_t k = 0; k < rows * width; ++k) {
+        const std::int64_t j = idx[k];
+        if (j < (allow_empty ? -1 : 0) || (n_agents != -1 && j >= n_agents))
+            fail(op, std::string(name) + "[" + std::to_string(k / width) + ", " + std::to_string(k % width) +
+                         "] must be " + (allow_empty ? "-1 (empty slot) or " : "") + "an agent index in [0, " +
+                         (n_agents != -1 ? std::to_string(n_agents - 1) : std::string("n_agents - 1")) + "], got " +
+                         std::to_string(j));
+        max_agent = j > max_agent ? j : max_agent;
+    }
+    check_product(op, "max agent index * sN", max_agent + 1, sN);
+}
+
 // True when a strided layout provably maps distinct indices to distinct elements: with the dims of
 // size > 1 sorted by stride, each stride is at least the extent of the ones below it. This accepts
 // contiguous tensors and their permutations and slices, and rejects zero (broadcast) strides.
@@ -68,6 +100,19 @@ inline DType parse_dtype(const char* op, const std::string& dtype) {
     if (dtype == "float32") return DType::f32;
     if (dtype == "float64") return DType::f64;
     fail(op, "dtype must be 'float32' or 'float64', got '" + dtype + "'");
+}
+
+inline std::int64_t dtype_size(DType dt) { return dt == DType::f32 ? 4 : 8; }
+
+// The opening checks of pair_gram and mix_lowrank, on the strided (N, L, P, Q) tensor X both read:
+// its dtype string, then L, P >= 1 and Q in [1, 65536]. Returns the dtype.
+inline DType check_x_dtype_and_sizes(const char* op, const std::string& dtype, std::int64_t L, std::int64_t P,
+                                     std::int64_t Q) {
+    const DType dt = parse_dtype(op, dtype);
+    check_min(op, "L", L, 1);
+    check_min(op, "P", P, 1);
+    check_range(op, "Q", Q, 1, 1 << 16);
+    return dt;
 }
 
 }  // namespace cpu

@@ -1,15 +1,9 @@
 // Low-rank reconstruction on the CPU: one (output, layer, block of rows) per OpenMP iteration.
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#include "prelude.h"  // first: its pragma must precede the decaf/ headers
 
 #include "decaf/mix_lowrank.h"
 
 #include <cstdint>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "check.h"
 #include "isa.h"
@@ -40,10 +34,7 @@ template <typename T>
 void run(RowsFn<T> fn, const T* x, long long L, long long P, int Q, long long sN, long long sL, long long sP,
          long long sQ, const std::int64_t* idx, long long n_out, int D, const T* t, int R, T* out, long long oN,
          long long oL, long long oP, long long oR) {
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = omp_get_max_threads();
-#endif
+    const int nthreads = omp_threads();
     // Split the rows of each output only as far as needed to give every thread several items:
     // whole blocks keep the neighbour slices streaming from memory once per output.
     const long long outputs = n_out * L;
@@ -83,32 +74,18 @@ void mix_lowrank(std::int64_t x_ptr, const std::string& dtype, std::int64_t L, s
                  std::int64_t oN, std::int64_t oL, std::int64_t oP, std::int64_t oR, std::int64_t n_agents,
                  const std::string& isa_arg) {
     const char* op = "mix_lowrank";
-    const DType dt = parse_dtype(op, dtype);
-    const std::int64_t esize = dt == DType::f32 ? 4 : 8;
-    check_min(op, "L", L, 1);
-    check_min(op, "P", P, 1);
-    check_range(op, "Q", Q, 1, 1 << 16);
+    const DType dt = check_x_dtype_and_sizes(op, dtype, L, P, Q);
+    const std::int64_t esize = dtype_size(dt);
     check_min(op, "n_out", n_out, 1);
     check_range(op, "D", D, 1, kMixMaxSlots);
     check_range(op, "R", R, 1, 1 << 16);
-    check_min(op, "sN", sN, 0);
-    check_min(op, "sL", sL, 0);
-    check_min(op, "sP", sP, 0);
-    check_min(op, "sQ", sQ, 0);
-    check_min(op, "oN", oN, 0);
-    check_min(op, "oL", oL, 0);
-    check_min(op, "oP", oP, 0);
-    check_min(op, "oR", oR, 0);
+    check_strides(op, {"sN", "sL", "sP", "sQ"}, {sN, sL, sP, sQ});
+    check_strides(op, {"oN", "oL", "oP", "oR"}, {oN, oL, oP, oR});
     if (n_agents != -1) check_min(op, "n_agents", n_agents, 1);
     check_product(op, "n_out * L", n_out, L);
     check_product(op, "n_out * L * D * Q * R (size of T)", n_out * L, D * Q * R);
-    check_product(op, "L * sL", L, sL);
-    check_product(op, "P * sP", P, sP);
-    check_product(op, "Q * sQ", Q, sQ);
-    check_product(op, "n_out * oN", n_out, oN);
-    check_product(op, "L * oL", L, oL);
-    check_product(op, "P * oP", P, oP);
-    check_product(op, "R * oR", R, oR);
+    check_extents(op, {"L * sL", "P * sP", "Q * sQ"}, {L, P, Q}, {sL, sP, sQ});
+    check_extents(op, {"n_out * oN", "L * oL", "P * oP", "R * oR"}, {n_out, L, P, R}, {oN, oL, oP, oR});
     {
         // Every output element is written by exactly one thread only if no two share memory.
         const std::int64_t size[4] = {n_out, L, P, R}, stride[4] = {oN, oL, oP, oR};
@@ -125,17 +102,7 @@ void mix_lowrank(std::int64_t x_ptr, const std::string& dtype, std::int64_t L, s
     const Isa isa = parse_isa(op, isa_arg);
 
     const std::int64_t* idx = reinterpret_cast<const std::int64_t*>(idx_ptr);
-    std::int64_t max_agent = 0;
-    for (std::int64_t k = 0; k < n_out * D; ++k) {
-        const std::int64_t j = idx[k];
-        if (j < -1 || (n_agents != -1 && j >= n_agents))
-            fail(op, "idx[" + std::to_string(k / D) + ", " + std::to_string(k % D) +
-                         "] must be -1 (empty slot) or an agent index in [0, " +
-                         (n_agents != -1 ? std::to_string(n_agents - 1) : std::string("n_agents - 1")) + "], got " +
-                         std::to_string(j));
-        max_agent = j > max_agent ? j : max_agent;
-    }
-    check_product(op, "max agent index * sN", max_agent + 1, sN);
+    check_agents(op, "idx", idx, n_out, D, n_agents, /*allow_empty=*/true, sN);
 
     const int qi = static_cast<int>(Q), ri = static_cast<int>(R), di = static_cast<int>(D);
     if (dt == DType::f32) {

@@ -1,16 +1,10 @@
 // Pair Gram blocks on the CPU: one (layer, pair) output block per OpenMP iteration.
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#include "prelude.h"  // first: its pragma must precede the decaf/ headers
 
 #include "decaf/pair_gram.h"
 
 #include <cstdint>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "check.h"
 #include "isa.h"
@@ -55,39 +49,21 @@ void pair_gram(std::int64_t x_ptr, const std::string& dtype, std::int64_t L, std
                std::int64_t sN, std::int64_t sL, std::int64_t sP, std::int64_t sQ, std::int64_t pairs_ptr,
                std::int64_t npairs, std::int64_t out_ptr, std::int64_t n_agents, const std::string& isa_arg) {
     const char* op = "pair_gram";
-    const DType dt = parse_dtype(op, dtype);
-    const std::int64_t esize = dt == DType::f32 ? 4 : 8;
-    check_min(op, "L", L, 1);
-    check_min(op, "P", P, 1);
-    check_range(op, "Q", Q, 1, 1 << 16);
+    const DType dt = check_x_dtype_and_sizes(op, dtype, L, P, Q);
+    const std::int64_t esize = dtype_size(dt);
     check_min(op, "npairs", npairs, 1);
-    check_min(op, "sN", sN, 0);
-    check_min(op, "sL", sL, 0);
-    check_min(op, "sP", sP, 0);
-    check_min(op, "sQ", sQ, 0);
+    check_strides(op, {"sN", "sL", "sP", "sQ"}, {sN, sL, sP, sQ});
     if (n_agents != -1) check_min(op, "n_agents", n_agents, 1);
     check_product(op, "L * npairs", L, npairs);
     check_product(op, "L * npairs * Q * Q", L * npairs, Q * Q);
-    check_product(op, "L * sL", L, sL);
-    check_product(op, "P * sP", P, sP);
-    check_product(op, "Q * sQ", Q, sQ);
+    check_extents(op, {"L * sL", "P * sP", "Q * sQ"}, {L, P, Q}, {sL, sP, sQ});
     check_ptr(op, "x_ptr", x_ptr, esize);
     check_ptr(op, "pairs_ptr", pairs_ptr, alignof(std::int64_t));
     check_ptr(op, "out_ptr", out_ptr, alignof(double));
     const Isa isa = parse_isa(op, isa_arg);
 
-    // Agent indices are data, but they decide which memory is read: check them all up front.
     const std::int64_t* pairs = reinterpret_cast<const std::int64_t*>(pairs_ptr);
-    std::int64_t max_agent = 0;
-    for (std::int64_t t = 0; t < 2 * npairs; ++t) {
-        const std::int64_t j = pairs[t];
-        if (j < 0 || (n_agents != -1 && j >= n_agents))
-            fail(op, "pairs[" + std::to_string(t / 2) + ", " + std::to_string(t % 2) + "] must be an agent index in [0, " +
-                         (n_agents != -1 ? std::to_string(n_agents - 1) : std::string("n_agents - 1")) + "], got " +
-                         std::to_string(j));
-        max_agent = j > max_agent ? j : max_agent;
-    }
-    check_product(op, "max agent index * sN", max_agent + 1, sN);
+    check_agents(op, "pairs", pairs, npairs, 2, n_agents, /*allow_empty=*/false, sN);
 
     BlockFn fn;
     if (dt == DType::f32) fn = isa == Isa::avx512 ? f32_avx512 : isa == Isa::avx2 ? f32_avx2 : f32_baseline;
@@ -97,10 +73,7 @@ void pair_gram(std::int64_t x_ptr, const std::string& dtype, std::int64_t L, std
     double* out = reinterpret_cast<double*>(out_ptr);
     const long long items = L * npairs, qq = Q * Q;
     const int qi = static_cast<int>(Q);
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = omp_get_max_threads();
-#endif
+    const int nthreads = omp_threads();
     // Packing buffers, one per thread, allocated before the parallel region (see small_core.cpp).
     std::vector<double> work(static_cast<size_t>(nthreads) * kPairGramWorkDoubles);
     // Layer-major order: the pairs of one layer share its N slices, which then stay in cache.
@@ -108,11 +81,7 @@ void pair_gram(std::int64_t x_ptr, const std::string& dtype, std::int64_t L, std
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        double* w = work.data() + static_cast<size_t>(tid) * kPairGramWorkDoubles;
+        double* w = work.data() + static_cast<size_t>(omp_thread()) * kPairGramWorkDoubles;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic)
 #endif

@@ -1,17 +1,12 @@
 // Batched small-core solver on the CPU: one problem per OpenMP iteration, workspace per thread.
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#include "prelude.h"  // first: its pragma must precede the decaf/ headers
+
 #include "decaf/small_core.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "check.h"
 #include "isa.h"
@@ -98,10 +93,7 @@ void small_core(std::int64_t gb_ptr, std::int64_t ga_ptr, std::int64_t batch, st
     // its explicit-accumulation fallback, which real problems essentially never need.
     long long log_limit = -1;
     if (const char* v = std::getenv("DECAF_SMALL_CORE_QL_LOG_LIMIT")) log_limit = std::atoll(v);
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = omp_get_max_threads();
-#endif
+    int nthreads = omp_threads();
     long long per = 1;
     if (squared && m <= 128) {
         per = (batch + nthreads - 1) / nthreads;
@@ -124,10 +116,7 @@ void small_core(std::int64_t gb_ptr, std::int64_t ga_ptr, std::int64_t batch, st
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
+        const int tid = omp_thread();
         double* work = dbase + tid * per * wd;
         int* iwork = ibuf.get() + tid * per * wi;
 #ifdef _OPENMP
