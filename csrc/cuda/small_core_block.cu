@@ -1,4 +1,4 @@
-// Batched small-core solver on the GPU, one problem per thread block (the fast CUDA implementation).
+// Batched small-core solver on the GPU, one problem per thread block.
 //
 // Same contract, tolerances and null rules as the CPU kernel (decaf/small_core.h, small_core_solve):
 // for each problem, with M = Bc Ac = U S V^T known only through Gb = Bc^T Bc and Ga = Ac Ac^T,
