@@ -24,7 +24,7 @@ import torch
 from . import _ext
 from .reference import mix_lowrank_torch, pair_gram_torch, small_core_torch
 
-# status code of the small-core kernels (decaf/small_core.h kSmallCoreNoConvergence; _C.INFO_NO_CONVERGENCE)
+# status code of the small-core kernels (kSmallCoreNoConvergence in csrc/include/decaf/small_core/base.h; _C.INFO_NO_CONVERGENCE)
 _INFO_NO_CONVERGENCE = -2
 
 _triton_mod = None
