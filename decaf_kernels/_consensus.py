@@ -55,14 +55,13 @@ def _check_finite_from_grams(GB: torch.Tensor, GA: torch.Tensor, pl, Bf: torch.T
         if not bool(torch.isfinite(diag).all()):
             report(name)
     if pl.uncovered.numel():
-        missing = pl.uncovered.to(Bf.device)
-        _scan_finite(Bf[missing], Af[missing], report)
+        _scan_finite(Bf[pl.uncovered], Af[pl.uncovered], report)
 
 
 def _scan_finite(Bx: torch.Tensor, Ax: torch.Tensor, report) -> None:
-    """report("B") / report("A") when that tensor holds a non-finite value (max |x| is NaN or inf exactly then)."""
+    """report("B") / report("A") when that tensor holds a non-finite value."""
     for name, X in (("B", Bx), ("A", Ax)):
-        if not bool(torch.isfinite(X.abs().amax())):
+        if not V.all_finite(X):
             report(name)
 
 
@@ -146,7 +145,7 @@ def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, pl: Plan, rank: int, rep
         cb, ca = _pow2_scale(Bf), _pow2_scale(Af)  # (N, L)
         Bs = Bf / cb[:, :, None, None].to(Bf.dtype)
         As = Af / ca[:, :, None, None].to(Af.dtype)
-        cb_slot = cb[slot].permute(2, 0, 1) * active  # (L, Nu, D)
+        cb_slot = cb[slot].permute(2, 0, 1)  # (L, Nu, D); the weights are 0 on empty slots
         ca_slot = ca[slot].permute(2, 0, 1) * active
         coefs, outer = slot_coefs(w[None] * cb_slot, ca_slot, alpha), None
     else:
@@ -230,7 +229,7 @@ def consensus_randomized(Bf: torch.Tensor, Af: torch.Tensor, pl: Plan, rank: int
     gen.manual_seed(seed)
     omega = torch.randn((L, k, ell), generator=gen, dtype=cd, device=dev)
     idx, slot = pl.idx, pl.slot
-    wm = (pl.weights * pl.active).to(cd)  # (Nu, D)
+    wm = pl.weights.to(cd)  # (Nu, D), 0 on empty slots
 
     def apply_M(Z_k: torch.Tensor) -> torch.Tensor:
         """M_i Z_i for Z_i: (Nu, L, k, ell) -> (Nu, L, d, ell), through the factors."""
@@ -319,7 +318,7 @@ def consensus_forward(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor, rank: i
             V.check_finite("B", B)
             V.check_finite("A", A)
         Bu, Au, Su = consensus_randomized(Bf, Af, pl, rank, oversample, power_iters, seed)
-    if Bu.shape[0] != N or not torch.equal(pl.nb.inverse, torch.arange(N)):
+    if pl.shared_rows:
         Bu, Au, Su = Bu[pl.inverse], Au[pl.inverse], Su[pl.inverse]
     return (Bu.reshape(N, *batch, d, rank).to(B.dtype).contiguous(),
             Au.reshape(N, *batch, rank, k).to(A.dtype).contiguous(),

@@ -66,10 +66,10 @@ def consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: 
     pl = plan(W, B.device, r, alpha)  # the forward's plan; its tables are per distinct row, expanded to agents here
     idx = pl.idx[pl.inverse]
     slot = idx.clamp(min=0)
-    w = (pl.weights * pl.active)[pl.inverse]  # (N, D)
+    w = pl.weights[pl.inverse]  # (N, D), 0 on empty slots
     D = idx.shape[1]
     Bc = (Bf[slot] * w[:, :, None, None, None]).permute(0, 2, 3, 1, 4).reshape(N, L, d, D * r)
-    Ac = (Af[slot] * (idx >= 0).to(f64)[:, :, None, None, None]).permute(0, 2, 1, 3, 4).reshape(N, L, D * r, k)
+    Ac = (Af[slot] * pl.active[pl.inverse][:, :, None, None, None]).permute(0, 2, 1, 3, 4).reshape(N, L, D * r, k)
     Qb, Rb = torch.linalg.qr(Bc)
     Qa, Ra = torch.linalg.qr(Ac.mT)
     Uc, s, Vch = torch.linalg.svd(Rb @ Ra.mT, full_matrices=False)

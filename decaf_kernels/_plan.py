@@ -25,13 +25,14 @@ class Plan:
     alpha: float  # the split's exponent (B' = U S^alpha, A' = S^(1-alpha) V^T)
     idx: torch.Tensor  # (Nu, D) int64, -1 = empty slot
     inverse: torch.Tensor  # (N,) int64: agent -> its distinct row
+    shared_rows: bool  # some agents share a row of W: results are solved per distinct row, then expanded by inverse
     pairs: torch.Tensor  # (T, 2) int64
     active: torch.Tensor  # (Nu, D) float64, 1 for a filled slot
     slot: torch.Tensor  # (Nu, D) int64, idx with empty slots pointing at agent 0
-    weights: torch.Tensor  # (Nu, D) float64 W[i, j] per slot, 0 for empty slots
+    weights: torch.Tensor  # (Nu, D) float64 W[i, j] per slot, 0 for empty slots (so no mask is needed with it)
     index: torch.Tensor  # assembly_index(nb, r)
     same: torch.Tensor  # (T,) bool: the pair is (j, j)
-    uncovered: torch.Tensor  # agents no diagonal pair covers (host, int64)
+    uncovered: torch.Tensor  # (n,) int64: agents no diagonal pair covers (their finiteness is not in the Grams)
     groups: Optional[PairGroups]  # pairs grouped by a shared factor for the GPU Gram kernel (CUDA), else None
     coefs: tuple  # slot_coefs of data without per-agent scales (every dtype but float64)
     outer: tuple  # the assembly products outer_coef(coefs[0], r), outer_coef(coefs[1], r)
@@ -65,19 +66,20 @@ def plan(W: torch.Tensor, dev: torch.device, r: int, alpha: float) -> Plan:
     same = nb.pairs[:, 0] == nb.pairs[:, 1]
     covered = torch.zeros(nb.n_agents, dtype=torch.bool)
     covered[nb.pairs[same][:, 0]] = True
-    coefs = slot_coefs((weights * active)[None], active[None], alpha)
+    coefs = slot_coefs(weights[None], active[None], alpha)  # the weights are 0 on empty slots
     pl = Plan(
         nb=nb,
         alpha=float(alpha),
         idx=idx,
         inverse=nb.inverse.to(dev),
+        shared_rows=nb.unique_rows.numel() != nb.n_agents,
         pairs=nb.pairs.to(dev),
         active=active,
         slot=idx.clamp(min=0),
         weights=weights,
         index=assembly_index(nb, r).to(dev),
         same=same.to(dev),
-        uncovered=torch.nonzero(~covered).flatten(),
+        uncovered=torch.nonzero(~covered).flatten().to(dev),
         groups=pair_groups(nb.pairs, device=dev) if dev.type == "cuda" else None,
         coefs=coefs,
         outer=(outer_coef(coefs[0], r), outer_coef(coefs[1], r)),

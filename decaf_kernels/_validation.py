@@ -112,9 +112,14 @@ def raise_non_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite, found {x[where].item()} at index {where}")
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every element of x is finite (one read on the host)."""
     # max |x| is NaN or inf exactly when some element is; cheaper than materialising isfinite(x)
-    if x.numel() and not bool(torch.isfinite(x.abs().amax())):
+    return not x.numel() or bool(torch.isfinite(x.abs().amax()))
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    if not all_finite(x):
         raise_non_finite(name, x)
 
 
