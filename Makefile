@@ -73,7 +73,7 @@ $(OLDEST_STAMP): $(OLDEST_DEPS) $(OLDEST_SOURCES)
 # Fails unless .venv-oldest runs the pinned torch with its own build of the compiled extension (-I: the source tree
 # is not on sys.path, so the installed copy is what gets checked).
 define OLDEST_CHECK
-import os, sys, torch, decaf_kernels
+import os, sys, torch, decaf_kernels, decaf_kernels._triton  # every subpackage installed (Triton itself may be absent)
 info = decaf_kernels.backend_info()
 print(f"{sys.prefix}: torch {torch.__version__}, decaf_kernels._C {info['extension']['_C']}, triton {info['triton']}")
 assert torch.__version__.split("+")[0] == sys.argv[1], f"torch {torch.__version__} is not the pinned {sys.argv[1]}"
