@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from decaf_lora import Trainer, cli  # noqa: E402
 from decaf_lora.data import load_text_file  # noqa: E402
+from test_lora_config import _cli_error  # noqa: E402
 from test_lora_train import tiny_config, tiny_csv, tiny_model  # noqa: E402,F401  (fixtures)
 
 RUN_MARKER = "decaf_run.json"  # the documented name of the marker (decaf_lora.runfiles.RUN_MARKER)
@@ -31,13 +32,6 @@ def quiet(*_):
 
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
-
-
-def _cli_error(argv, capsys) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("decaf: error: ") and "Traceback" not in err
-    return err
 
 
 def _config_file(tmp_path: Path, tiny_model: str, tiny_csv: str, out_dir: Path, **kw) -> str:

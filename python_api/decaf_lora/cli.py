@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .config import TrainConfig, config_fields, load_config_file
-from .names import ALGORITHMS, GRAPHS, MOMENT_POLICIES, PARTITIONS, SPLITS
+from .names import ALGORITHMS, DATA_BUILTIN, GRAPHS, MOMENT_POLICIES, PARTITIONS, SPLITS
 
 
 def _one_of(names: tuple) -> str:
@@ -113,17 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_results(results, out_dir: Path, title: str) -> None:
     from .report import write_outputs
+    from .runfiles import LOG
 
     paths = write_outputs(results, out_dir, title=title)
     print()
     print(paths["table"])
     print()
     print(f"summary: {paths['csv']}\nplot:    {paths['plot']}\nlogs:    " +
-          ", ".join(str(r.out_dir / "log.jsonl") for r in results))
+          ", ".join(str(r.out_dir / LOG) for r in results))
 
 
 def _title(c: TrainConfig) -> str:
-    data = "WordNet supersenses" if c.data == "wordnet" else Path(c.data).name
+    data = "WordNet supersenses" if c.data == DATA_BUILTIN else Path(c.data).name
     part = f"Dirichlet({c.dirichlet_alpha:g})" if c.partition == "dirichlet" else c.partition
     return f"{data}, {c.agents} agents, {c.graph}, {part}, r={c.rank}, {c.rounds} rounds x {c.comm_every} steps"
 
@@ -144,6 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = _config_from_args(args)
         from . import trainer as T
         from .models import pick_device
+        from .runfiles import ADAPTER
 
         if args.command == "train":
             export = args.export
@@ -157,13 +159,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Trainer.run checks the folder too, but only after the data and model are loaded: fail fast here
             pick_device(config.device)
             T.check_out_dir(config, [config.algorithm], resume=args.resume, overwrite=args.overwrite)
+            adapter = Path(config.out_dir) / config.algorithm / ADAPTER  # trainer.out_dir / ADAPTER
             if export != "none":
-                T.check_export_path(Path(config.out_dir) / config.algorithm / "adapter")
+                T.check_export_path(adapter)
             trainer = T.Trainer(config)
             result = trainer.run(resume=args.resume, overwrite=args.overwrite)
             result.summary = T.summarise(result.history)
             if export != "none":
-                where = trainer.export(trainer.out_dir / "adapter", agent=export)
+                where = trainer.export(adapter, agent=export)
                 print(f"adapter ({export}): {where}")
             _print_results([result], Path(config.out_dir), _title(config))
         else:

@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .runfiles import atomic_write_bytes
+from .runfiles import PLOT, SUMMARY, atomic_write_bytes
 
 COLUMNS = (
     ("algorithm", "algorithm", "{}"),
@@ -99,7 +99,7 @@ def write_outputs(results: List, out_dir: Path, *, title: str = "") -> dict:
     """summary.csv and plot.png in ``out_dir``; returns their paths and the table text."""
     out_dir = Path(out_dir)
     rows = [dict(algorithm=r.algorithm, **r.summary) for r in results]
-    write_csv(rows, out_dir / "summary.csv")
-    plot({r.algorithm: r.history for r in results}, out_dir / "plot.png", title=title)
-    return {"csv": out_dir / "summary.csv", "plot": out_dir / "plot.png", "table": table(rows),
+    write_csv(rows, out_dir / SUMMARY)
+    plot({r.algorithm: r.history for r in results}, out_dir / PLOT, title=title)
+    return {"csv": out_dir / SUMMARY, "plot": out_dir / PLOT, "table": table(rows),
             "markdown": markdown_table(rows)}

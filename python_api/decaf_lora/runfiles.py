@@ -23,14 +23,17 @@ from typing import Callable, Iterable, List
 
 import torch
 
-from .algorithms import ALGORITHMS
+from .names import ALGORITHMS
 
 RUN_MARKER = "decaf_run.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+ADAPTER = "adapter"
+SUMMARY = "summary.csv"
+PLOT = "plot.png"
 CHECKPOINT_FORMAT = 1
 # what decaf writes through temporaries in out_dir and in out_dir/<algorithm>
-_WRITTEN = (RUN_MARKER, "summary.csv", "plot.png", CHECKPOINT, LOG, "adapter")
+_WRITTEN = (RUN_MARKER, SUMMARY, PLOT, CHECKPOINT, LOG, ADAPTER)
 
 # ------------------------------------------------------------------------------------------------ writing
 

@@ -191,8 +191,9 @@ class Trainer:
             batch = self.exp.train_tok.batch(self.sampler.next_batch(i), device=self.device)
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = F.cross_entropy(logits.float(), batch["labels"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"agent {i}: the training loss is {loss.item()} at round {self.round + 1}; "
+            value = float(loss.detach())  # the step's one host sync: both the check and the log use it
+            if not math.isfinite(value):
+                raise FloatingPointError(f"agent {i}: the training loss is {value} at round {self.round + 1}; "
                                          f"lower lr (now {c.lr}) or lora_alpha (now {c.lora_alpha}), or set "
                                          f"max_grad_norm (now {c.max_grad_norm})")
             loss.backward()
@@ -202,7 +203,7 @@ class Trainer:
             self.optimizers[i].step()
             self.optimizers[i].zero_grad(set_to_none=True)
             self.stacks.load_agent(i)  # the step changed agent i's slot of the stacks
-            losses.append(float(loss.detach()))
+            losses.append(value)
         return losses
 
     def _reset_factor_moments(self) -> None:
