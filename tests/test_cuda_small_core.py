@@ -88,9 +88,8 @@ def grams(Bc, Ac, scale=1.0):
 
 def batch_grams(fac, scale=1.0):
     """(batch, m, m) arrays Gb, Ga of the factor pairs in `fac`."""
-    gb = np.stack([grams(*f, scale=scale)[0] for f in fac])
-    ga = np.stack([grams(*f, scale=scale)[1] for f in fac])
-    return gb, ga
+    gb, ga = zip(*(grams(*f, scale=scale) for f in fac))
+    return np.stack(gb), np.stack(ga)
 
 
 # ---- kernel drivers ----

@@ -160,26 +160,6 @@ __device__ int pivoted_cholesky_block(double* S, int m, int ld, double tol, int*
     return k;
 }
 
-// The CPU's jacobi_angle with the skip tolerance as a parameter.
-__device__ __forceinline__ void jacobi_angle_tol(double a, double b, double c, double null2, double tol, double& cs,
-                                                 double& sn) {
-    using decaf::small_core_detail::rsqrt_1_2;
-    const double smaller = a < b ? a : b;
-    const bool go = (smaller > null2) & (c * c > (tol * tol) * (a * b));
-    const double d = b - a;
-    const double ad = fabs(d), ac2 = 2.0 * fabs(c);
-    const bool big = ad >= ac2;
-    double den = big ? ad : ac2;
-    den = den > 0.0 ? den : 1.0;
-    const double r = (big ? ac2 : ad) / den;
-    const double q = 1.0 + r * r;
-    const double h = q * rsqrt_1_2(q);
-    const double t = ((d < 0.0) != (c < 0.0) ? -1.0 : 1.0) * (big ? r : 1.0) / (big ? 1.0 + h : r + h);
-    const double cs_t = rsqrt_1_2(1.0 + t * t);
-    cs = go ? cs_t : 1.0;
-    sn = go ? cs_t * t : 0.0;
-}
-
 // sw^e for e in [-1, 0] and a positive normal sw (a scaled singular value, >= ~1e-20): exact special
 // cases for the common exponents, else exp2(e log2 sw), within a few ulps (|e log2 sw| < 70), where pow
 // would be an out-of-line call whose register saves spill in this kernel.
@@ -359,7 +339,7 @@ __global__ void __launch_bounds__(NT, 1) small_core_block_kernel(const double* _
                     }
                     if (valid) {
                         double cs, sn;
-                        jacobi_angle_tol(a, bb, cc, null2, tol, cs, sn);
+                        decaf::small_core_detail::jacobi_angle(a, bb, cc, null2, tol, cs, sn);
                         if (sn != 0.0) {
                             rotated = true;
 #pragma unroll

@@ -4,7 +4,7 @@
 // (inputs, outputs, a caller-provided workspace), allocates nothing and throws nothing, so the CPU
 // driver (csrc/cpu/small_core.cpp) runs one call per OpenMP iteration. The CUDA kernel
 // (csrc/cuda/small_core_block.cu) is a block-parallel version of the same algorithm; from these
-// headers it takes the constants and rsqrt_1_2, so that both compute the same rotation angles.
+// headers it takes the constants and jacobi_angle, so that both compute the same rotation angles.
 //
 // Maths (all exact in exact arithmetic):
 //   Gb = Bc^T Bc = Rb^T Rb, Ga = Ac Ac^T = Ra^T Ra   (rank-revealing pivoted Cholesky; Rb: kb x m)

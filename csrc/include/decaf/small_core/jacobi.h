@@ -1,5 +1,6 @@
 // Building blocks of the small-core solver (decaf/small_core.h), 3 of 4: the one-sided Jacobi SVD of
-// the core (target float64). The CUDA kernel shares rsqrt_1_2, so that both compute the same angles.
+// the core (target float64). The CUDA kernel shares rsqrt_1_2 and jacobi_angle, so that both compute
+// the same angles.
 #pragma once
 
 #include <cfloat>
@@ -30,9 +31,10 @@ DECAF_HD DECAF_INLINE double rsqrt_1_2(double x) {
 // i.e. t = sign(zeta) / (|zeta| + sqrt(1 + zeta^2)), the rotation by at most 45 degrees that the
 // convergence theory is about. Written with r = min(|zeta|, 1/|zeta|), so that every square
 // root has its argument in [1, 2] and nothing overflows however small c is.
-// Returns sn = 0 when the pair needs no rotation.
-DECAF_INLINE void jacobi_angle(double a, double b, double c, double null2, double& cs, double& sn) {
-    const double tol = DBL_EPSILON;
+// Returns sn = 0 when the pair needs no rotation: when c^2 <= tol^2 a b (the CPU passes tol = eps;
+// the CUDA kernel's float32 target a looser one) or when either column is below null2.
+DECAF_HD DECAF_INLINE void jacobi_angle(double a, double b, double c, double null2, double tol, double& cs,
+                                        double& sn) {
     const double smaller = a < b ? a : b;
     const bool go = (smaller > null2) & (c * c > (tol * tol) * (a * b));
     const double d = b - a;
@@ -99,7 +101,7 @@ DECAF_INLINE int one_sided_jacobi(double* DECAF_RESTRICT J, int nc, int ldw_arg,
             for (int k = 0; k < np; ++k) ca[k] = nrm[pp[k]], cb[k] = nrm[qq[k]];
             for (int k = 0; k < np; ++k) {
                 double cs, sn;
-                jacobi_angle(ca[k], cb[k], cc[k], null2, cs, sn);
+                jacobi_angle(ca[k], cb[k], cc[k], null2, DBL_EPSILON, cs, sn);
                 ca[k] = cs;
                 cb[k] = sn;
             }
