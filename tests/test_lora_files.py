@@ -158,11 +158,15 @@ def test_bad_checkpoints_are_refused_with_a_reason(tiny_model, tiny_csv, tmp_pat
     refused(r"cannot read checkpoint .*bad.pt \(\w+Error: .*\): it is damaged or was not written by decaf_lora")
     torch.save({"format": 1, "payload": argparse.Namespace(x=1)}, bad)  # not tensors and plain values
     refused(r"cannot read checkpoint .*not a checkpoint of tensors and plain values")
-    for key in ("run_hash", "rng"):
+    for key in ("run_hash", "agents"):
         torch.save({k: v for k, v in good.items() if k != key}, bad)
         refused(f"lacks '{key}'")
-    torch.save(dict(good, optimizers=good["optimizers"][:2]), bad)
-    refused("has 2 optimizers, this run has 4 agents")
+    torch.save(dict(good, agents={0: {k: v for k, v in good["agents"][0].items() if k != "rng"}}), bad)
+    refused("lacks 'rng'")
+    torch.save(dict(good, agents={a: good["agents"][a] for a in (0, 1)}), bad)
+    refused(r"holds no state for agent\(s\) \[2, 3\]")
+    torch.save(dict(good, format=1), bad)
+    refused("written by an older decaf_lora")
     # the command line says the same, with exit status 2
     torch.save({k: v for k, v in good.items() if k != "run_hash"}, ckpt)
     cfg_file = _config_file(tmp_path, tiny_model, tiny_csv, Path(cfg.out_dir), **{

@@ -25,7 +25,9 @@ Procrustes), which leaves every product B A unchanged; see :data:`MOMENT_POLICIE
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -34,6 +36,8 @@ import decaf_kernels
 
 from ._checks import check_choice
 from .adapters import AgentStacks
+from .exchange import Exchange
+from .processes import Group, Placement
 from .names import ALGORITHMS, MOMENT_POLICIES
 
 
@@ -77,6 +81,17 @@ def align_factors(B_new: Tensor, A_new: Tensor, B_old: Tensor, A_old: Tensor) ->
     return (B_new.double() @ R).to(B_new.dtype), (R.mT @ A_new.double()).to(A_new.dtype)
 
 
+@dataclass
+class RoundTraffic:
+    """What one communication step moved and cost on this process."""
+
+    bytes_wire: int = 0  # bytes this process sent for the algorithm (measured; 0 with one process)
+    bytes_diagnostic: int = 0  # bytes sent only to measure the interference (fedavg over several processes)
+    t_comm: float = 0.0  # seconds in the exchange
+    t_consensus: float = 0.0  # seconds in the mixing / consensus maths
+    interference: Optional[Tensor] = None  # (n_local * L,) relative interference of this process's agents
+
+
 class Algorithm:
     """One of :data:`ALGORITHMS`. Build with :func:`make_algorithm`."""
 
@@ -102,30 +117,84 @@ class Algorithm:
             return torch.full((topology.n, topology.n), 1.0 / topology.n, dtype=torch.float64)
         return topology.matrix(round_index)
 
-    def bytes_sent(self, stacks: AgentStacks, W: Optional[Tensor]) -> int:
-        """Bytes on the wire in one communication: decentralised, one message per nonzero off-diagonal W_ij;
-        with a server, every agent uploads and downloads one payload."""
+    def bytes_sent(self, stacks: AgentStacks, W: Optional[Tensor], n_agents: Optional[int] = None) -> int:
+        """Modelled bytes on the wire in one communication of all ``n_agents`` agents: decentralised, one message
+        per nonzero off-diagonal W_ij; with a server, every agent uploads and downloads one payload."""
         if W is None:
             return 0
         payload = stacks.payload_bytes(include_A=self.trains_A)
         if self.server:
-            return 2 * stacks.n * payload
+            return 2 * (n_agents or stacks.n) * payload
         off = W.clone()
         off.fill_diagonal_(0)
         return int((off > 0).sum()) * payload
 
-    def communicate(self, stacks: AgentStacks, W: Tensor) -> None:
-        """Update ``stacks`` in place."""
-        with torch.no_grad():
-            self._communicate_factors(stacks, W)
-            for t in stacks.dense.values():
-                t.copy_(_mix(t, W))
+    def exchanged(self, stacks: AgentStacks) -> List[Tensor]:
+        """The per-agent stacks a communication sends: every group's B (and A unless frozen), then the dense
+        parameters."""
+        out = []
+        for g in stacks.groups:
+            out.append(g.B)
+            if self.trains_A:
+                out.append(g.A)
+        return out + list(stacks.dense.values())
 
-    def _communicate_factors(self, stacks: AgentStacks, W: Tensor) -> None:
+    def communicate(self, stacks: AgentStacks, W: Tensor, exchange: Optional[Exchange] = None) -> RoundTraffic:
+        """Update this process's agents in ``stacks`` in place under the round's full (N, N) matrix ``W``,
+        fetching the neighbours' parameters through ``exchange`` (one process alone when None)."""
+        exchange = exchange if exchange is not None else _alone(stacks)
+        out = RoundTraffic()
+        t0 = time.perf_counter()
+        tensors = self.exchanged(stacks)
+        if self.server:
+            inputs, out.bytes_wire = exchange.gather_all(tensors, "the all_gather of the server average")
+            rows = list(exchange.placement.local)
+            W_rows = W[rows].contiguous()
+        else:
+            got = exchange.neighbours(tensors, W)
+            inputs, W_rows, out.bytes_wire = got.inputs, got.routes.W_rows, got.bytes_sent
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            out.interference = self._interference(stacks, inputs, W_rows)
+            self._update(stacks, inputs, W_rows)
+        out.t_comm, out.t_consensus = t1 - t0, time.perf_counter() - t1
+        return out
+
+    def _split_inputs(self, stacks: AgentStacks, inputs: List[Tensor]):
+        """(B_in, A_in) per group and the dense inputs, from the exchanged list (a frozen A is the same on
+        every agent, so the local one stands for all)."""
+        it = iter(inputs)
+        factors = []
+        for g in stacks.groups:
+            B_in = next(it)
+            A_in = next(it) if self.trains_A else g.A[:1].expand(B_in.shape[0], *g.A.shape[1:])
+            factors.append((B_in, A_in))
+        return factors, [next(it) for _ in stacks.dense]
+
+    def _interference(self, stacks: AgentStacks, inputs: List[Tensor], W_rows: Tensor) -> Tensor:
+        factors, _ = self._split_inputs(stacks, inputs)
+        vals = []
+        for g, (B_in, A_in) in zip(stacks.groups, factors):
+            sB = B_in.double() * g.scaling.to(B_in.device).view(1, -1, 1, 1)
+            vals.append(decaf_kernels.interference(sB, A_in.double(), W_rows.to(sB.device), relative=True)
+                        .flatten())
+        return torch.cat(vals).cpu()
+
+    def _update(self, stacks: AgentStacks, inputs: List[Tensor], W_rows: Tensor) -> None:
+        factors, dense = self._split_inputs(stacks, inputs)
+        self._update_factors(stacks, factors, W_rows)
+        for t, t_in in zip(stacks.dense.values(), dense):
+            t.copy_(_mix(t_in, W_rows))
+
+    def _update_factors(self, stacks: AgentStacks, factors, W_rows: Tensor) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split!r}, moments={self.moments!r})"
+
+
+def _alone(stacks: AgentStacks) -> Exchange:
+    return Exchange(Group(), Placement(stacks.n, 1, 0))
 
 
 class Local(Algorithm):
@@ -133,19 +202,19 @@ class Local(Algorithm):
     communicates = False
     description = "no communication"
 
-    def communicate(self, stacks, W):
-        return None
+    def communicate(self, stacks, W, exchange=None):
+        return RoundTraffic()
 
 
 class DLoRA(Algorithm):
     name = "dlora"
     description = "gossip of B and A separately"
 
-    def _communicate_factors(self, stacks, W):
-        for g in stacks.groups:
-            g.B.copy_(_mix(g.B, W))
+    def _update_factors(self, stacks, factors, W_rows):
+        for g, (B_in, A_in) in zip(stacks.groups, factors):
+            g.B.copy_(_mix(B_in, W_rows))
             if self.trains_A:  # a frozen, shared A is the same on every agent: nothing to mix
-                g.A.copy_(_mix(g.A, W))
+                g.A.copy_(_mix(A_in, W_rows))
 
 
 class DLoRAFA(DLoRA):
@@ -159,9 +228,10 @@ class DeCAF(Algorithm):
     refactorizes = True
     description = "gossip of the products, rank-r truncated SVD"
 
-    def _communicate_factors(self, stacks, W):
-        for g in stacks.groups:
-            B_new, A_new = decaf_kernels.consensus_tsvd(g.B, g.A, W, method=self.consensus_method, split=self.split)
+    def _update_factors(self, stacks, factors, W_rows):
+        for g, (B_in, A_in) in zip(stacks.groups, factors):
+            B_new, A_new = decaf_kernels.consensus_tsvd(B_in, A_in, W_rows, method=self.consensus_method,
+                                                        split=self.split)
             A_new = revive_null_directions(B_new, A_new, g.A)
             if self.moments == "procrustes":
                 B_new, A_new = align_factors(B_new, A_new, g.B, g.A)
@@ -173,6 +243,24 @@ class FedAvg(DLoRA):
     name = "fedavg"
     server = True
     description = "server averages B and A (product of means)"
+
+    def communicate(self, stacks, W, exchange=None):
+        """The mean of every factor and dense parameter through one all_reduce (the product of means)."""
+        exchange = exchange if exchange is not None else _alone(stacks)
+        out = RoundTraffic()
+        tensors = self.exchanged(stacks)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            # the interference needs every agent's factors: one process has them, several gather them for it
+            full, out.bytes_diagnostic = exchange.gather_all(tensors, "the all_gather of the interference")
+            out.interference = self._interference(stacks, full, W[list(exchange.placement.local)])
+            t1 = time.perf_counter()
+            means, out.bytes_wire = exchange.mean_all(tensors)
+            t2 = time.perf_counter()
+            for t, m in zip(tensors, means):
+                t.copy_(m.expand_as(t))
+        out.t_comm, out.t_consensus = t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
+        return out
 
 
 class ExactAvg(DeCAF):

@@ -23,7 +23,7 @@ from typing import Any, List, Optional
 
 from ._checks import check_choice, is_real, shown
 from .names import (ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS, GRAPHS,
-                    MOMENT_POLICIES, PARTITIONS, SPLITS, TIME_VARYING, WEIGHTS)
+                    MOMENT_POLICIES, PARTITIONS, SPLITS, TIME_VARYING, WEIGHTS, WIRE_DTYPES)
 
 
 @dataclass
@@ -78,9 +78,13 @@ class TrainConfig:
     out_dir: str = "runs/decaf"
     checkpoint_every: int = 10
     progress: bool = True
+    # several processes (torchrun): see decaf_lora.processes
+    dist_timeout: float = 300.0  # seconds a process waits for a peer before the run stops with an error
+    wire_dtype: str = "float32"  # dtype of the parameters sent between processes ("bfloat16" halves the bytes)
 
     # Fields that do not change what a run computes: a checkpoint may be resumed with other values of these.
-    NOT_HASHED = ("algorithms", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size", "device")
+    NOT_HASHED = ("algorithms", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size", "device",
+                  "dist_timeout")
 
     def __post_init__(self):
         self.validate()
@@ -133,13 +137,15 @@ _INTS = {"rank": 1, "agents": 2, "rounds": 1, "comm_every": 1, "batch_size": 1, 
 _FLOATS = {"lora_alpha": (0.0, False, math.inf, False), "lora_dropout": (0.0, True, 1.0, False),
            "test_fraction": (0.0, False, 1.0, False), "dirichlet_alpha": (0.0, False, math.inf, False),
            "er_p": (0.0, False, 1.0, True), "lr": (0.0, False, math.inf, False),
-           "weight_decay": (0.0, True, math.inf, False), "max_grad_norm": (0.0, False, math.inf, False)}
+           "weight_decay": (0.0, True, math.inf, False), "max_grad_norm": (0.0, False, math.inf, False),
+           "dist_timeout": (0.0, False, math.inf, False)}
 _INT_NOTES = {"agents": " (a decentralised run needs two agents)", "length_grouping": " (0 or 1: off)",
               "checkpoint_every": " (0: no checkpoints)"}
 _DEVICE = re.compile(r"(cpu|cuda(:\d+)?|auto)")
 _CHOICES = {"algorithm": ALGORITHMS, "moments": MOMENT_POLICIES, "split": SPLITS,
             "consensus_method": CONSENSUS_METHODS, "partition": PARTITIONS,
-            "graph": GRAPHS + ("custom",), "weights": WEIGHTS, "time_varying": TIME_VARYING}
+            "graph": GRAPHS + ("custom",), "weights": WEIGHTS, "time_varying": TIME_VARYING,
+            "wire_dtype": WIRE_DTYPES}
 
 
 def _number(name: str, value: Any, expected: str) -> float | int:

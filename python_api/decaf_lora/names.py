@@ -43,3 +43,7 @@ WEIGHTS = ("metropolis", "uniform")
 
 TIME_VARYING = (None, "matching", "one_peer_exp")
 """The schedules of :meth:`decaf_lora.graphs.Topology.matrix`."""
+
+WIRE_DTYPES = ("float32", "bfloat16")
+"""The dtypes parameters may travel in between processes (bfloat16 halves the bytes; its rounding changes
+results)."""

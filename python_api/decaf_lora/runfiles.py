@@ -31,7 +31,7 @@ LOG = "log.jsonl"
 ADAPTER = "adapter"
 SUMMARY = "summary.csv"
 PLOT = "plot.png"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: per-agent states, inline or in shards (decaf_lora.checkpoints)
 # what decaf writes through temporaries in out_dir and in out_dir/<algorithm>
 _WRITTEN = (RUN_MARKER, SUMMARY, PLOT, CHECKPOINT, LOG, ADAPTER)
 
@@ -181,9 +181,10 @@ def clean_stale_temporaries(folder: Path) -> List[Path]:
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 
-_CHECKPOINT_FIELDS = {"algorithm": str, "config": dict, "run_hash": str, "round": int, "stacks": dict,
-                      "optimizers": list, "sampler": dict, "rng": dict, "history": list, "bytes_total": int,
-                      "wall_time": (int, float)}
+_CHECKPOINT_FIELDS = {"algorithm": str, "config": dict, "run_hash": str, "round": int, "world": int,
+                      "shards": list, "agents": dict, "history": list, "bytes_total": int, "wall_time": (int, float)}
+_SHARD_FIELDS = {"run_hash": str, "round": int, "agents": dict}
+_AGENT_FIELDS = {"B": list, "A": list, "dense": dict, "optimizer": dict, "sampler": dict, "rng": dict}
 _NOT_OURS = "it is damaged or was not written by decaf_lora; move it away, or start over with --overwrite"
 
 
@@ -196,8 +197,9 @@ def _load_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint (tensors and plain values only) and check that it has every field of its format.
+def read_checkpoint(path: Path, *, shard: bool = False) -> dict:
+    """Load a checkpoint (or, with ``shard``, one process's shard of it; tensors and plain values only) and check
+    that it has every field of its format.
 
     Raises:
         ValueError: the file is empty, unreadable, of another format, or lacks a field; the message says why.
@@ -211,15 +213,27 @@ def read_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign bytes
         raise ValueError(f"cannot read checkpoint {path} ({_load_error(exc)}): {_NOT_OURS}") from None
+    if isinstance(state, dict) and isinstance(state.get("format"), int) and state["format"] < CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} was written by an older decaf_lora (format {state['format']}, now "
+                         f"{CHECKPOINT_FORMAT}) and cannot be resumed; start over with --overwrite")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a decaf_lora checkpoint of format {CHECKPOINT_FORMAT}: {_NOT_OURS}")
-    missing = [k for k in _CHECKPOINT_FIELDS if k not in state]
+    _check_fields(path, state, _SHARD_FIELDS if shard else _CHECKPOINT_FIELDS)
+    for agent, st in state["agents"].items():
+        if not isinstance(agent, int) or not isinstance(st, dict):
+            raise ValueError(f"checkpoint {path}: agent entry {agent!r} is malformed: {_NOT_OURS}")
+        _check_fields(path, st, _AGENT_FIELDS)
+        rng = st["rng"].get("torch")
+        if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+            raise ValueError(f"checkpoint {path}: agent {agent}'s RNG state is missing or not a byte tensor: "
+                             f"{_NOT_OURS}")
+    return state
+
+
+def _check_fields(path: Path, state: dict, fields: dict) -> None:
+    missing = [k for k in fields if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(map(repr, missing))}: {_NOT_OURS}")
-    for k, kind in _CHECKPOINT_FIELDS.items():
+    for k, kind in fields.items():
         if not isinstance(state[k], kind) or isinstance(state[k], bool):
             raise ValueError(f"checkpoint {path}: {k!r} is a {type(state[k]).__name__}: {_NOT_OURS}")
-    rng = state["rng"].get("torch")
-    if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
-        raise ValueError(f"checkpoint {path}: its RNG state is missing or not a byte tensor: {_NOT_OURS}")
-    return state

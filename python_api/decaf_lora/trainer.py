@@ -1,15 +1,19 @@
-"""The reference training loop: N simulated agents, one shared frozen model, stacked adapters.
+"""The reference training loop: N agents, one shared frozen model per process, stacked adapters.
 
 A round is ``comm_every`` local optimizer steps per agent (each on its own data), then one communication step
 of the algorithm, then (every ``eval_every`` rounds and at the end) an evaluation on the shared test set:
 every agent's accuracy, and the accuracy of the averaged model. Everything a round measured goes to a JSONL log.
-A checkpoint (every ``checkpoint_every`` rounds, written atomically) holds the stacks, every agent's optimizer,
-the data samplers and the RNG state, so ``resume=True`` continues bit-for-bit where the run stopped.
+A checkpoint (every ``checkpoint_every`` rounds) holds every agent's slot of the stacks, optimizer, data stream
+and random stream, so ``resume=True`` continues bit-for-bit where the run stopped (:mod:`decaf_lora.checkpoints`).
 
-Training draws its randomness (dropout; the sketch of a randomized consensus) from a random stream of its own,
-seeded by ``seed + 1``, that torch's global RNG is swapped to only while an agent trains or the agents
-communicate: evaluation, export and whatever the caller draws in between never change a run, and a run never
-moves the caller's global RNG. Where the run's files go is :mod:`decaf_lora.runfiles`' business.
+The agents may be spread over P processes started by ``torchrun`` (:mod:`decaf_lora.processes`): each process
+loads the frozen model once and trains a contiguous block of N/P agents; communication goes through
+:mod:`decaf_lora.exchange`; rank 0 writes the log, table, summary and plot. One process alone is P = 1.
+
+Each agent draws its randomness (dropout) from a random stream of its own (seeded by ``seed + 1`` and its index),
+that torch's global RNG is swapped to only while that agent trains: where an agent runs does not change its
+numbers, evaluation, export and whatever the caller draws in between never change a run, and a run never moves
+the caller's global RNG. Where the run's files go is :mod:`decaf_lora.runfiles`' business.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +33,24 @@ import torch.nn.functional as F
 import decaf_kernels
 
 from . import data as D
+from ._rng import stream_generator
 from .adapters import AgentStacks
-from .algorithms import make_algorithm
+from .algorithms import RoundTraffic, make_algorithm
+from .checkpoints import SHARDS, agent_state, read_agents, remove_unreferenced, restore_agents, write_checkpoint
 from .config import TrainConfig
-from .graphs import Topology
-from .models import EXPORT_INFO, build_lora_classifier, load_tokenizer, pick_device, write_export_info
-from .names import DATA_BUILTIN
+from .exchange import WIRE_DTYPES, Exchange
+from .experiment import Experiment
+from .models import EXPORT_INFO, build_lora_classifier, pick_device, write_export_info
+from .processes import Group, Placement, join
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
 from .runfiles import check_out_dir as _check_out_dir
 
 __all__ = ["Experiment", "RunResult", "Trainer", "compare", "summarise", "check_out_dir", "check_export_path",
            "atomic_write_bytes", "CHECKPOINT_FORMAT"]
+
+# what a process measures per round (seconds), reported as the maximum over processes
+TIMES = ("time_local", "time_comm", "time_consensus", "time_eval")
 
 
 def _versions() -> dict:
@@ -50,63 +61,9 @@ def _versions() -> dict:
             "decaf_kernels": decaf_kernels.__version__}
 
 
-class Experiment:
-    """What every algorithm of a comparison shares: the data, its partition, the tokenizer and the graph.
-
-    The data come from ``config.data`` (the built-in task or a CSV/JSONL file), or from ``train`` and ``test``
-    :class:`~decaf_lora.data.TextDataset` objects (e.g. ``decaf_lora.data.from_hf(hf_dataset)``).
-
-    Raises (before any training): FileNotFoundError for missing data or model files, ValueError for a graph that
-    is not connected, a partition that leaves an agent without data, and the like.
-    """
-
-    def __init__(self, config: TrainConfig, *, train: Optional[D.TextDataset] = None,
-                 test: Optional[D.TextDataset] = None, log: Callable[[str], None] = print):
-        self.config = c = config
-        if (train is None) != (test is None):
-            raise ValueError("pass both train and test datasets, or neither (then config.data is read)")
-        if train is not None:
-            if train.label_names != test.label_names:
-                raise ValueError(f"train and test have different label names: {train.label_names[:5]}... vs "
-                                 f"{test.label_names[:5]}...")
-            self.train, self.test = train, test
-            source = f"given datasets: {train.num_classes} classes"
-        elif c.data == DATA_BUILTIN:
-            full = D.load_wordnet_supersenses(c.wordnet_path)
-            self.train, self.test = D.balanced_split(full, c.train_size, c.test_size, seed=c.seed)
-            source = f"WordNet noun supersenses ({c.wordnet_path}): {len(full)} synsets, {full.num_classes} classes"
-        else:
-            full = D.load_text_file(c.data, text_column=c.text_column, label_column=c.label_column)
-            if c.test_data:
-                self.train = full
-                self.test = D.load_text_file(c.test_data, text_column=c.text_column, label_column=c.label_column,
-                                             label_names=full.label_names)
-            else:
-                self.train, self.test = D.train_test_split(full, c.test_fraction, seed=c.seed)
-            source = f"{c.data}: {len(full)} examples, {full.num_classes} classes"
-        self.label_names = list(self.train.label_names)
-        self.topology = Topology.build(c.graph, c.agents, weights=c.weights, time_varying=c.time_varying, p=c.er_p,
-                                       seed=c.seed, adjacency_source=c.adjacency)
-        self.parts = D.partition(self.train.labels, c.agents, c.partition, alpha=c.dirichlet_alpha,
-                                 shards_per_agent=c.shards_per_agent, seed=c.seed)
-        self.tokenizer = load_tokenizer(c.model)
-        self.train_tok = D.TokenizedDataset(self.train, self.tokenizer, max_length=c.max_length)
-        self.test_tok = D.TokenizedDataset(self.test, self.tokenizer, max_length=c.max_length)
-        # evaluation batches of similar lengths pad less
-        order = torch.argsort(self.test_tok.lengths, stable=True)
-        self.test_batches = list(torch.split(order, c.eval_batch_size))
-        self.partition_summary = D.partition_summary(self.train.labels, self.parts, self.train.num_classes)
-        topo = self.topology.describe()
-        sizes = self.partition_summary["sizes"]
-        log(f"data: {source}; train {len(self.train)}, test {len(self.test)}; {c.partition} partition over "
-            f"{c.agents} agents (sizes {min(sizes)}-{max(sizes)}, classes per agent "
-            f"{min(self.partition_summary['classes_per_agent'])}-{max(self.partition_summary['classes_per_agent'])})")
-        log(f"graph: {topo['name']} with {topo['edges']} edges, {c.weights} weights, spectral gap "
-            f"{topo['spectral_gap']:.4f}" + (f", time-varying {c.time_varying}" if c.time_varying else ""))
-
-    def describe(self) -> dict:
-        return {"train_size": len(self.train), "test_size": len(self.test), "label_names": self.label_names,
-                "partition": self.partition_summary, "topology": self.topology.describe()}
+def restarted_by_torchrun() -> bool:
+    """True in a worker that torchrun restarted after a failure (``--max-restarts``): it resumes."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 @dataclass
@@ -119,46 +76,71 @@ class RunResult:
 
 
 class Trainer:
-    """Trains ``config.algorithm`` on an :class:`Experiment`.
+    """Trains ``config.algorithm`` on an :class:`Experiment`, with this process's block of the agents.
 
     Args:
         config: the run's :class:`TrainConfig`.
         experiment: shared data and graph (built from ``config`` when None).
-        log: where one-line messages go (``print`` by default).
+        log: where one-line messages go (``print`` by default; only rank 0's are shown).
+        group: the processes of the run; by default :func:`decaf_lora.processes.join` (torch.distributed under
+            torchrun, else this process alone).
 
-    Raises (before data or model are loaded): ValueError for a device that does not exist, FileExistsError for
+    Raises (before data or model are loaded): ValueError for a device that does not exist, a number of agents
+    that the number of processes does not divide, or settings that differ between processes; FileExistsError for
     an ``out_dir`` that is a file.
     """
 
     def __init__(self, config: TrainConfig, experiment: Optional[Experiment] = None, *,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, group: Optional[Group] = None):
         self.config = c = config
-        self.log = log
         self.device = pick_device(c.device)
+        self.group = group if group is not None else join(self.device, timeout=c.dist_timeout)
+        if self.group.distributed and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.placement = Placement(c.agents, self.group.world, self.group.rank)
+        self.main = self.group.rank == 0
+        self.log = log if self.main else (lambda msg: None)
         check_out_path(c.out_dir, [c.algorithm])
-        self.exp = experiment if experiment is not None else Experiment(config, log=log)
+        # before anything is loaded: the settings (paths may differ between machines; the data and model they
+        # hold are compared below)
+        paths = ("model", "data", "test_data", "wordnet_path", "adjacency")
+        self.group.check_same({k: v for k, v in c.to_dict().items() if k not in c.NOT_HASHED + paths},
+                              "settings")
+        self.exp = experiment if experiment is not None else Experiment(config, log=self.log)
         self.out_dir = Path(c.out_dir) / c.algorithm
         self.algorithm = make_algorithm(c.algorithm, split=c.split, consensus_method=c.consensus_method,
                                         moments=c.moments)
         self.model = build_lora_classifier(c.model, len(self.exp.label_names), rank=c.rank, lora_alpha=c.lora_alpha,
                                            target_modules=c.target_modules, lora_dropout=c.lora_dropout,
                                            use_rslora=c.rslora, seed=c.seed).to(self.device)
-        self.stacks = AgentStacks(self.model, c.agents, device=self.device)
+        self.group.check_same({"data": self.exp.fingerprint(), "model": _model_fingerprint(self.model),
+                               "versions": _versions()}, "data, model or library versions")
+        self.local = self.placement.local
+        self.stacks = AgentStacks(self.model, len(self.local), device=self.device)
         self.stacks.set_train_A(self.algorithm.trains_A)
-        self.params = [self.stacks.agent_parameters(i, include_A=self.algorithm.trains_A) for i in range(c.agents)]
+        self.exchange = Exchange(self.group, self.placement,
+                                 wire_dtype=WIRE_DTYPES[c.wire_dtype] if c.wire_dtype != "float32" else None)
+        self.params = [self.stacks.agent_parameters(i, include_A=self.algorithm.trains_A)
+                       for i in range(len(self.local))]
         self.optimizers = [torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay) for p in self.params]
         self.sampler = D.AgentSampler(self.exp.parts, c.batch_size, seed=c.seed, lengths=self.exp.train_tok.lengths,
                                       length_grouping=c.length_grouping)
         self.history: List[dict] = []
         self.round = 0
         self.bytes_total = 0
+        self.bytes_wire_total = 0
         self.wall_time = 0.0
-        # the training stream (the model init above used seed); see the module docstring
-        self._rng = {"torch": torch.Generator().manual_seed(c.seed + 1).get_state()}
-        if self.device.type == "cuda":
-            self._rng["cuda"] = torch.Generator(device=self.device).manual_seed(c.seed + 1).get_state()
+        # each agent's stream (the model init above used seed); see the module docstring
+        self._rng = [self._agent_stream(a) for a in self.local]
 
     # ------------------------------------------------------------------------------------------------ randomness
+    def _agent_stream(self, agent: int) -> dict:
+        seed = stream_generator(self.config.seed + 1, agent).initial_seed()
+        rng = {"torch": torch.Generator().manual_seed(seed).get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        return rng
+
     def _global_rng(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -171,38 +153,39 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     @contextlib.contextmanager
-    def _training_rng(self):
-        """Swap torch's global RNG to the training stream for the block (dropout and randomized consensus draw
-        from the global RNG only), and back."""
+    def _agent_rng(self, slot: int):
+        """Swap torch's global RNG to agent ``slot``'s stream for the block (dropout draws from the global RNG
+        only), and back."""
         caller = self._global_rng()
-        self._set_global_rng(self._rng)
+        self._set_global_rng(self._rng[slot])
         try:
             yield
-            self._rng = self._global_rng()
+            self._rng[slot] = self._global_rng()
         finally:
             self._set_global_rng(caller)
 
     # ------------------------------------------------------------------------------------------------ training
-    def _local_steps(self, i: int) -> List[float]:
+    def _local_steps(self, slot: int) -> List[float]:
         c = self.config
+        agent = self.local[slot]
         losses = []
-        self.stacks.load_agent(i)
+        self.stacks.load_agent(slot)
         for _ in range(c.comm_every):
-            batch = self.exp.train_tok.batch(self.sampler.next_batch(i), device=self.device)
+            batch = self.exp.train_tok.batch(self.sampler.next_batch(agent), device=self.device)
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = F.cross_entropy(logits.float(), batch["labels"])
             value = float(loss.detach())  # the step's one host sync: both the check and the log use it
             if not math.isfinite(value):
-                raise FloatingPointError(f"agent {i}: the training loss is {value} at round {self.round + 1}; "
+                raise FloatingPointError(f"agent {agent}: the training loss is {value} at round {self.round + 1}; "
                                          f"lower lr (now {c.lr}) or lora_alpha (now {c.lora_alpha}), or set "
                                          f"max_grad_norm (now {c.max_grad_norm})")
             loss.backward()
-            self.stacks.gather_grads(self.params[i], include_A=self.algorithm.trains_A)
+            self.stacks.gather_grads(self.params[slot], include_A=self.algorithm.trains_A)
             if c.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params[i], c.max_grad_norm)
-            self.optimizers[i].step()
-            self.optimizers[i].zero_grad(set_to_none=True)
-            self.stacks.load_agent(i)  # the step changed agent i's slot of the stacks
+                torch.nn.utils.clip_grad_norm_(self.params[slot], c.max_grad_norm)
+            self.optimizers[slot].step()
+            self.optimizers[slot].zero_grad(set_to_none=True)
+            self.stacks.load_agent(slot)  # the step changed the agent's slot of the stacks
             losses.append(value)
         return losses
 
@@ -212,12 +195,28 @@ class Trainer:
             for p in params[:n_factor]:
                 opt.state.pop(p, None)
 
-    # ------------------------------------------------------------------------------------------------ metrics
-    def consensus_metrics(self) -> dict:
+    # ------------------------------------------------------------------------------------------------ all agents
+    def all_agents(self):
+        """Every agent's factors per group ``(B (N, L, d, r), A (N, L, r, k))`` and dense parameters ``(N, ...)``,
+        on every process (an all_gather when the agents are spread), and the bytes this process sent for it.
+        Every process must call it."""
+        tensors = [t for g in self.stacks.groups for t in (g.B, g.A)] + list(self.stacks.dense.values())
+        full, sent = self.exchange.gather_all(tensors, "the all_gather of every agent (metrics, evaluation)")
+        n = 2 * len(self.stacks.groups)
+        factors = [(full[2 * i], full[2 * i + 1]) for i in range(len(self.stacks.groups))]
+        return factors, dict(zip(self.stacks.dense, full[n:])), sent
+
+    def _scaled(self, factors):
+        return [(B.double() * g.scaling.to(B.device).view(1, -1, 1, 1), A.double())
+                for g, (B, A) in zip(self.stacks.groups, factors)]
+
+    def consensus_metrics(self, factors=None) -> dict:
         """Consensus distance of the agents' weight updates s*B*A (all layers), absolute and relative to the norm
-        of their mean."""
+        of their mean (``factors``: every agent's, from :meth:`all_agents`)."""
+        if factors is None:
+            factors = self.all_agents()[0]
         sq_dist, sq_mean = 0.0, 0.0
-        for sB, A in self.stacks.scaled():
+        for sB, A in self._scaled(factors):
             cd = decaf_kernels.consensus_distance(sB, A).double()  # (L,)
             GB = sB.mT @ sB
             GA = A @ A.mT
@@ -229,24 +228,28 @@ class Trainer:
                 "consensus_distance_rel": dist / math.sqrt(sq_mean) if sq_mean > 0 else None}
 
     def interference(self, W: torch.Tensor) -> float:
-        """Mean over agents and layers of DLoRA's relative interference under W on the current factors."""
+        """Mean over agents and layers of DLoRA's relative interference under W on the current factors (one
+        process alone)."""
         vals = [decaf_kernels.interference(sB, A, W.to(sB.device), relative=True).flatten()
-                for sB, A in self.stacks.scaled()]
+                for sB, A in self._scaled([(g.B, g.A) for g in self.stacks.groups])]
         return float(torch.cat(vals).mean())
 
-    def averaged_adapter(self):
+    def averaged_adapter(self, everyone=None):
         """Per group the rank-r truncated SVD of the agents' mean product (slot 0 of an all-to-all consensus),
         and the mean of the dense parameters: the model that ``test_acc_avg_model`` evaluates and that
         ``export(agent="average")`` writes. Always the exact truncation (no random sketch, whatever
-        ``consensus_method`` training uses), so it neither depends on nor draws from any random stream."""
-        J = torch.full((self.config.agents,) * 2, 1.0 / self.config.agents, dtype=torch.float64)
-        factors = []
+        ``consensus_method`` training uses), so it neither depends on nor draws from any random stream.
+        ``everyone``: the result of :meth:`all_agents` (gathered here when None; every process must call it)."""
+        factors, dense, _ = everyone if everyone is not None else self.all_agents()
+        N = self.config.agents
+        J = torch.full((1, N), 1.0 / N, dtype=torch.float64)
+        out = []
         with torch.no_grad():
-            for g in self.stacks.groups:
-                B, A = decaf_kernels.consensus_tsvd(g.B, g.A, J, method="exact", split=self.config.split)
-                factors.append((B[0], A[0]))
-            dense = {n: t.mean(0) for n, t in self.stacks.dense.items()}
-        return factors, dense
+            for B, A in factors:
+                B1, A1 = decaf_kernels.consensus_tsvd(B, A, J, method="exact", split=self.config.split)
+                out.append((B1[0], A1[0]))
+            mean = {n: t.mean(0) for n, t in dense.items()}
+        return out, mean
 
     @torch.no_grad()
     def _accuracy_of_loaded(self) -> tuple[float, float]:
@@ -259,110 +262,159 @@ class Trainer:
             total += len(idx)
         return correct / total, loss_sum / total
 
-    def evaluate(self) -> dict:
-        """Test accuracy and loss of every agent, and of the averaged model."""
+    def _evaluate_local(self, everyone) -> dict:
+        """This process's agents' test accuracy and loss; rank 0 also the averaged model's."""
         self.model.eval()
         accs, losses = [], []
-        for i in range(self.config.agents):
-            self.stacks.load_agent(i)
+        for slot in range(len(self.local)):
+            self.stacks.load_agent(slot)
             acc, loss = self._accuracy_of_loaded()
             accs.append(acc)
             losses.append(loss)
-        self.stacks.load_factors(*self.averaged_adapter())
-        acc_avg, _ = self._accuracy_of_loaded()
+        out = {"acc": accs, "loss": losses}
+        if self.main:
+            self.stacks.load_factors(*self.averaged_adapter(everyone))
+            out["acc_avg"] = self._accuracy_of_loaded()[0]
         self.model.train()
-        return {"test_acc_mean": sum(accs) / len(accs), "test_acc_min": min(accs), "test_acc_max": max(accs),
-                "test_loss_mean": sum(losses) / len(losses), "test_acc_avg_model": acc_avg, "test_acc": accs}
+        return out
+
+    def evaluate(self) -> dict:
+        """Test accuracy and loss of every agent, and of the averaged model (every process must call it; the
+        values are complete on rank 0)."""
+        parts = self.group.all_gather_object(self._evaluate_local(self.all_agents()), "gathering the evaluation")
+        return _eval_record(parts)
 
     # ------------------------------------------------------------------------------------------------ the loop
+    def _round(self) -> dict:
+        """One round on this process; returns the round's record (complete on rank 0)."""
+        c = self.config
+        t0 = time.perf_counter()
+        self.model.train()
+        losses = []
+        for slot in range(len(self.local)):
+            with self._agent_rng(slot):
+                losses.extend(self._local_steps(slot))
+        t1 = time.perf_counter()
+        W = self.algorithm.mixing(self.exp.topology, self.round)
+        traffic = self.algorithm.communicate(self.stacks, W, self.exchange) if W is not None else RoundTraffic()
+        if W is not None and self.algorithm.refactorizes and c.moments == "reset":
+            self._reset_factor_moments()
+        self.round += 1
+        everyone = self.all_agents()
+        mine = {"loss": losses, "bytes_wire": traffic.bytes_wire,
+                "bytes_diagnostic": traffic.bytes_diagnostic + everyone[2],
+                "interference": None if traffic.interference is None else traffic.interference.tolist(),
+                "time_local": t1 - t0, "time_comm": traffic.t_comm, "time_consensus": traffic.t_consensus}
+        t2 = time.perf_counter()
+        evaluated = self.round % c.eval_every == 0 or self.round == c.rounds
+        if evaluated:
+            mine["eval"] = self._evaluate_local(everyone)
+        mine["time_eval"] = time.perf_counter() - t2
+        parts = self.group.all_gather_object(mine, "gathering the round's metrics")
+        if not self.main:
+            return {}
+        losses = [x for p in parts for x in p["loss"]]
+        interf = [x for p in parts if p["interference"] is not None for x in p["interference"]]
+        rec = {"round": self.round, "algorithm": c.algorithm, "train_loss": sum(losses) / len(losses),
+               "interference_rel": sum(interf) / len(interf) if interf else None}
+        rec.update(self.consensus_metrics(everyone[0]))
+        if evaluated:
+            rec.update(_eval_record([p["eval"] for p in parts]))
+        else:
+            rec.update({"test_acc_mean": None, "test_acc_min": None, "test_acc_avg_model": None})
+        sent = self.algorithm.bytes_sent(self.stacks, W, c.agents)
+        wire = sum(p["bytes_wire"] for p in parts)
+        self.bytes_total += sent
+        self.bytes_wire_total += wire
+        rec.update({"bytes": sent, "bytes_total": self.bytes_total, "bytes_wire": wire,
+                    "bytes_wire_total": self.bytes_wire_total,
+                    "bytes_diagnostic": sum(p["bytes_diagnostic"] for p in parts), "processes": self.group.world})
+        rec.update({k: round(max(p[k] for p in parts), 4) for k in TIMES})
+        return rec
+
     def run(self, *, resume: bool = False, overwrite: bool = False) -> RunResult:
-        """Train for ``config.rounds`` rounds.
+        """Train for ``config.rounds`` rounds (every process of the run calls it).
 
         Args:
-            resume: continue from ``<out_dir>/<algorithm>/checkpoint.pt`` when it exists.
+            resume: continue from ``<out_dir>/<algorithm>/checkpoint.pt`` when it exists (always, in a process that
+                torchrun restarted after a failure).
             overwrite: start over even though that folder holds a checkpoint of an earlier run, or write into
                 an ``out_dir`` that holds files but no decaf run (without it, both are errors, so that a forgotten
                 ``--resume`` or a wrong ``--out-dir`` never destroys anything; see :mod:`decaf_lora.runfiles`).
         """
         c = self.config
+        resume = resume or restarted_by_torchrun()
         ckpt_path = self.out_dir / CHECKPOINT
         log_path = self.out_dir / LOG
         if resume and ckpt_path.exists():
             self.load_checkpoint(ckpt_path)
             self.log(f"{c.algorithm}: resumed from {ckpt_path} at round {self.round}")
         else:
-            _check_out_dir(c.out_dir, [c.algorithm], resume=resume, overwrite=overwrite)
+            if self.main:
+                _check_out_dir(c.out_dir, [c.algorithm], resume=resume, overwrite=overwrite)
             if resume:
                 self.log(f"{c.algorithm}: no checkpoint in {self.out_dir}, starting from round 0")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        mark_run(Path(c.out_dir))
-        for p in clean_stale_temporaries(Path(c.out_dir)) + clean_stale_temporaries(self.out_dir):
-            self.log(f"{c.algorithm}: removed {p}, left by an interrupted write")
-        header = {"event": "start", "algorithm": c.algorithm, "config": c.to_dict(), "experiment": self.exp.describe(),
-                  "adapters": self.stacks.describe(), "device": str(self.device), "versions": _versions()}
-        lines = [header] + [dict(event="round", **h) for h in self.history]
-        atomic_write_bytes(log_path, lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in lines)))
-        bar = _progress(c, self.round)
+        self.group.barrier("the start of the run")  # no process writes before rank 0 has checked the folder
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            mark_run(Path(c.out_dir))
+            stale = clean_stale_temporaries(Path(c.out_dir)) + clean_stale_temporaries(self.out_dir)
+            if not (resume and ckpt_path.exists()):
+                stale += remove_unreferenced(self.out_dir / SHARDS)
+            for p in stale:
+                self.log(f"{c.algorithm}: removed {p}, left by an interrupted write")
+            header = {"event": "start", "algorithm": c.algorithm, "config": c.to_dict(),
+                      "experiment": self.exp.describe(), "adapters": self.stacks.describe(),
+                      "device": str(self.device), "processes": self.group.world, "versions": _versions()}
+            lines = [header] + [dict(event="round", **h) for h in self.history]
+            atomic_write_bytes(log_path, lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in lines)))
+        self.group.barrier("the start of the run")
+        bar = _progress(c, self.round, enabled=self.main)
         last_eval = next((h for h in reversed(self.history) if h.get("test_acc_mean") is not None), None)
-        with open(log_path, "a") as log_file:
+        with (open(log_path, "a") if self.main else contextlib.nullcontext()) as log_file:
             while self.round < c.rounds:
                 t0 = time.perf_counter()
-                self.model.train()
-                losses = []
-                with self._training_rng():
-                    for i in range(c.agents):
-                        losses.extend(self._local_steps(i))
-                W = self.algorithm.mixing(self.exp.topology, self.round)
-                rec = {"round": self.round + 1, "algorithm": c.algorithm,
-                       "train_loss": sum(losses) / len(losses),
-                       "interference_rel": self.interference(W) if W is not None else None}
-                if W is not None:
-                    with self._training_rng():
-                        self.algorithm.communicate(self.stacks, W)
-                    if self.algorithm.refactorizes and c.moments == "reset":
-                        self._reset_factor_moments()
-                sent = self.algorithm.bytes_sent(self.stacks, W)
-                self.bytes_total += sent
-                rec.update(self.consensus_metrics())
-                self.round += 1
-                if self.round % c.eval_every == 0 or self.round == c.rounds:
-                    last_eval = self.evaluate()
-                    rec.update(last_eval)
-                else:
-                    rec.update({"test_acc_mean": None, "test_acc_min": None, "test_acc_avg_model": None})
+                rec = self._round()
                 self.wall_time += time.perf_counter() - t0
-                rec.update({"bytes": sent, "bytes_total": self.bytes_total, "wall_time": round(self.wall_time, 3)})
-                self.history.append(rec)
-                log_file.write(json.dumps(dict(event="round", **rec)) + "\n")
-                log_file.flush()
+                if self.main:
+                    rec["wall_time"] = round(self.wall_time, 3)
+                    self.history.append(rec)
+                    log_file.write(json.dumps(dict(event="round", **rec)) + "\n")
+                    log_file.flush()
+                    if rec["test_acc_mean"] is not None:
+                        last_eval = rec
                 if c.checkpoint_every and (self.round % c.checkpoint_every == 0 or self.round == c.rounds):
                     self.save_checkpoint(ckpt_path)
                 bar.update(1)
-                post = {"loss": f"{rec['train_loss']:.3f}"}
-                if last_eval is not None:
-                    post["acc"] = f"{last_eval['test_acc_mean']:.3f}"
-                if rec["consensus_distance_rel"] is not None:
-                    post["cdist"] = f"{rec['consensus_distance_rel']:.2e}"
-                bar.set_postfix(post, refresh=False)
+                if self.main:
+                    post = {"loss": f"{rec['train_loss']:.3f}"}
+                    if last_eval is not None:
+                        post["acc"] = f"{last_eval['test_acc_mean']:.3f}"
+                    if rec["consensus_distance_rel"] is not None:
+                        post["cdist"] = f"{rec['consensus_distance_rel']:.2e}"
+                    bar.set_postfix(post, refresh=False)
         bar.close()
         return RunResult(c.algorithm, self.history, self.out_dir, c, summarise(self.history))
 
     # ------------------------------------------------------------------------------------------------ state
-    def checkpoint_state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "algorithm": self.config.algorithm, "config": self.config.to_dict(),
-                "run_hash": self.config.run_hash(), "round": self.round, "stacks": self.stacks.state_dict(),
-                "optimizers": [o.state_dict() for o in self.optimizers],
-                "sampler": self.sampler.state_dict(), "rng": {k: v.clone() for k, v in self._rng.items()},
-                "history": list(self.history), "bytes_total": self.bytes_total, "wall_time": self.wall_time}
+    def _run_state(self) -> dict:
+        return {"algorithm": self.config.algorithm, "config": self.config.to_dict(),
+                "run_hash": self.config.run_hash(), "round": self.round, "history": list(self.history),
+                "bytes_total": self.bytes_total, "bytes_wire_total": self.bytes_wire_total,
+                "wall_time": self.wall_time}
+
+    def _agent_states(self) -> dict:
+        sampler = self.sampler.state_dict()
+        return {a: agent_state(self.stacks, slot, self.optimizers[slot], sampler, a, self._rng[slot])
+                for slot, a in enumerate(self.local)}
 
     def save_checkpoint(self, path: Union[str, Path]) -> None:
-        """Write the full training state atomically (temporary file, fsync, rename)."""
-        state = self.checkpoint_state()
-        atomic_write_bytes(Path(path), lambda p: torch.save(state, p))
+        """Write the full training state atomically (every process calls it; see :mod:`decaf_lora.checkpoints`)."""
+        write_checkpoint(Path(path), self._run_state(), self._agent_states(), self.group)
 
     def load_checkpoint(self, path: Union[str, Path]) -> None:
-        """Restore a checkpoint of this run. ValueError (nothing changed) if it is unreadable, damaged, or
-        belongs to another run."""
+        """Restore a checkpoint of this run (written by any number of processes). ValueError (nothing changed) if
+        it is unreadable, damaged, or belongs to another run."""
         path = Path(path)
         state = read_checkpoint(path)
         if state["algorithm"] != self.config.algorithm:
@@ -377,33 +429,31 @@ class Trainer:
                              "use another out_dir or the same settings")
         if state["round"] > self.config.rounds:
             raise ValueError(f"checkpoint {path} is at round {state['round']}, beyond rounds={self.config.rounds}")
-        if len(state["optimizers"]) != self.config.agents:
-            raise ValueError(f"checkpoint {path} has {len(state['optimizers'])} optimizers, this run has "
-                             f"{self.config.agents} agents")
-        before = self.checkpoint_state()
+        agents = read_agents(path, state)
+        before = (self._run_state(), self._agent_states())
         try:
-            self._restore(state)
+            self._restore(state, agents)
         except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
-            self._restore(before)  # a half-restored trainer must not train on
+            self._restore(*before)  # a half-restored trainer must not train on
             raise ValueError(f"checkpoint {path} does not fit this run: {exc}") from exc
 
-    def _restore(self, state: dict) -> None:
-        self.stacks.load_state_dict(state["stacks"])
-        for opt, sd in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
-        self.sampler.load_state_dict(state["sampler"])
-        rng = {"torch": state["rng"]["torch"].clone()}
-        if self.device.type == "cuda":
-            rng["cuda"] = state["rng"].get("cuda", self._rng.get("cuda"))
-        self._rng = rng
+    def _restore(self, state: dict, agents: dict) -> None:
+        rngs = restore_agents(self.stacks, self.optimizers, self.sampler, agents, self.local)
+        self._rng = []
+        for slot, rng in enumerate(rngs):
+            fresh = self._agent_stream(self.local[slot])
+            self._rng.append({"torch": rng["torch"].clone(), **({"cuda": rng.get("cuda", fresh.get("cuda"))}
+                                                                  if "cuda" in fresh else {})})
         self.history = list(state["history"])
         self.round = int(state["round"])
         self.bytes_total = int(state["bytes_total"])
+        self.bytes_wire_total = int(state.get("bytes_wire_total", 0))
         self.wall_time = float(state["wall_time"])
 
     # ------------------------------------------------------------------------------------------------ export
     def export(self, path: Union[str, Path], agent: Union[int, str] = "average") -> Path:
         """Write agent ``agent``'s adapter (or the averaged one) with peft's ``save_pretrained``, atomically.
+        Every process calls it; rank 0 writes.
 
         Load it back with :func:`decaf_lora.load_exported` or ``peft.PeftModel.from_pretrained`` on an
         :class:`~decaf_lora.models.EncoderClassifier` of the same base model.
@@ -416,10 +466,12 @@ class Trainer:
                                        and 0 <= agent < self.config.agents)):
             raise ValueError(f"agent must be 'average' or an agent index in [0, {self.config.agents}), got {agent!r}")
         check_export_path(path)
+        everyone = self.all_agents()
         if agent == "average":
-            self.stacks.load_factors(*self.averaged_adapter())
+            self.stacks.load_factors(*self.averaged_adapter(everyone))
         else:
-            self.stacks.load_agent(agent)
+            factors, dense, _ = everyone
+            self.stacks.load_factors([(B[agent], A[agent]) for B, A in factors], {n: t[agent] for n, t in dense.items()})
 
         def fill(tmp: Path) -> None:
             self.model.save_pretrained(str(tmp))
@@ -427,8 +479,30 @@ class Trainer:
                                     "agent": agent, "algorithm": self.config.algorithm, "round": self.round,
                                     "max_length": self.config.max_length})
 
-        atomic_write_folder(path, fill, replaceable=_is_export)
+        if self.main:
+            atomic_write_folder(path, fill, replaceable=_is_export)
+        self.group.barrier("the export")
         return path
+
+
+def _eval_record(parts: List[dict]) -> dict:
+    accs = [x for p in parts for x in p["acc"]]
+    losses = [x for p in parts for x in p["loss"]]
+    acc_avg = next(p["acc_avg"] for p in parts if "acc_avg" in p)
+    return {"test_acc_mean": sum(accs) / len(accs), "test_acc_min": min(accs), "test_acc_max": max(accs),
+            "test_loss_mean": sum(losses) / len(losses), "test_acc_avg_model": acc_avg, "test_acc": accs}
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of every parameter's shape and sum (frozen and trainable, after the seeded init): processes that
+    loaded different models or initialised them differently disagree on it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}{tuple(p.shape)}{float(p.double().sum()):.10e}".encode())
+    return h.hexdigest()[:16]
 
 
 def _is_export(path: Path) -> bool:
@@ -440,11 +514,11 @@ def check_export_path(path: Union[str, Path]) -> None:
     check_replaceable(Path(path), _is_export)
 
 
-def _progress(config: TrainConfig, start: int):
+def _progress(config: TrainConfig, start: int, *, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=config.rounds, initial=start, desc=f"{config.algorithm:<9}", unit="round",
-                disable=not config.progress, dynamic_ncols=True, leave=True)
+                disable=not (config.progress and enabled), dynamic_ncols=True, leave=True)
 
 
 def summarise(history: List[dict]) -> dict:
@@ -458,7 +532,8 @@ def summarise(history: List[dict]) -> dict:
             "test_acc_avg_model": ev.get("test_acc_avg_model"),
             "consensus_distance": last["consensus_distance"], "consensus_distance_rel": last["consensus_distance_rel"],
             "interference_rel": last["interference_rel"], "bytes_total": last["bytes_total"],
-            "wall_time": last["wall_time"]}
+            "bytes_wire_total": last.get("bytes_wire_total"), "wall_time": last["wall_time"],
+            **{k: sum(h.get(k) or 0.0 for h in history) for k in TIMES}}
 
 
 def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, overwrite: bool) -> None:
@@ -469,15 +544,19 @@ def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, o
 
 def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resume: bool = False,
             overwrite: bool = False, experiment: Optional[Experiment] = None,
-            log: Callable[[str], None] = print) -> List[RunResult]:
+            log: Callable[[str], None] = print, group: Optional[Group] = None) -> List[RunResult]:
     """Run several algorithms on the same data, partition, graph, initialisation and seed (``experiment``: data
-    and graph prepared already, e.g. from Hugging Face datasets; built from ``config`` when None)."""
+    and graph prepared already, e.g. from Hugging Face datasets; built from ``config`` when None). Under torchrun
+    every process calls it (``group``: see :class:`Trainer`)."""
     algorithms = list(algorithms or config.algorithms)
-    pick_device(config.device)
-    check_out_dir(config, algorithms, resume=resume, overwrite=overwrite)
-    exp = experiment if experiment is not None else Experiment(config, log=log)
+    device = pick_device(config.device)
+    group = group if group is not None else join(device, timeout=config.dist_timeout)
+    if group.rank == 0 and not restarted_by_torchrun():
+        check_out_dir(config, algorithms, resume=resume, overwrite=overwrite)
+    quiet = log if group.rank == 0 else (lambda msg: None)
+    exp = experiment if experiment is not None else Experiment(config, log=quiet)
     results = []
     for name in algorithms:
-        trainer = Trainer(config.replace(algorithm=name), exp, log=log)
+        trainer = Trainer(config.replace(algorithm=name), exp, log=log, group=group)
         results.append(trainer.run(resume=resume, overwrite=overwrite))
     return results
