@@ -1,7 +1,8 @@
 """The factored consensus truncated SVD (docs/design.md, "The consensus step without d x k matrices").
 
-For agent i with neighbours j_1..j_D (W[i, j] != 0) let Bc = [W_ij B_j]_j (d x m) and Ac = [A_j]_j (m x k),
-m = D r, so that M_i = Bc Ac. The exact method never forms M_i:
+W is (n_out, N): output i mixes the N input agents with row i (square W: the usual gossip step). For output i
+with neighbours j_1..j_D (W[i, j] != 0, ascending) let Bc = [W_ij B_j]_j (d x m) and Ac = [A_j]_j (m x k), m = D r,
+so that M_i = Bc Ac. The exact method never forms M_i:
 
 1. Gram blocks ``B_j^T B_k`` and ``A_j A_k^T`` for every pair of agents that are neighbours of a common agent
    (one pass over the factors, float64 accumulation), assembled into Gb = Bc^T Bc and Ga = Ac Ac^T.
@@ -118,7 +119,8 @@ def _householder_core(Bs: torch.Tensor, As: torch.Tensor, slot: torch.Tensor, wb
 
 def consensus_exact(Bf: torch.Tensor, Af: torch.Tensor, pl: Plan, rank: int, report_non_finite=None,
                     out_dtype=None, float64_qr=None):
-    """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k); pl: the plan of W for (device, r, split).
+    """Exact factored consensus TSVD. Bf: (N, L, d, r), Af: (N, L, r, k): the input agents; pl: the plan of W
+    (n_out, N) for (device, r, split).
 
     report_non_finite: None (no check) or a callable taking "B" or "A", called when that factor has a non-finite
     value (it raises, naming the element in the caller's coordinates). The check reads two booleans on the host;
@@ -296,15 +298,16 @@ def flatten_layers(B: torch.Tensor, A: torch.Tensor):
 
 def consensus_forward(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor, rank: int, method: str, oversample: int,
                       power_iters: int, seed: int, alpha: float, validate: bool):
-    """The body of the consensus_tsvd op (arguments checked by ops.consensus_tsvd): (B', A', S) for every agent."""
+    """The body of the consensus_tsvd op (arguments checked by ops.consensus_tsvd): (B', A', S) for each of the
+    n_out = W.shape[0] outputs, from the N = B.shape[0] input agents."""
     if validate:
         V.check_mixing_values(W)  # B and A: the exact method reads finiteness off its Grams
-    N, batch, d, r, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], B.shape[-1], A.shape[-1]
+    n_out, batch, d, r, k = W.shape[0], tuple(B.shape[1:-2]), B.shape[-2], B.shape[-1], A.shape[-1]
     cd = compute_dtype(B.dtype)
     Bf, Af = flatten_layers(B, A)
     if Bf.shape[1] == 0:
-        return (B.new_empty((N, *batch, d, rank)), A.new_empty((N, *batch, rank, k)),
-                B.new_empty((N, *batch, rank), dtype=cd))
+        return (B.new_empty((n_out, *batch, d, rank)), A.new_empty((n_out, *batch, rank, k)),
+                B.new_empty((n_out, *batch, rank), dtype=cd))
     if B.dtype in (torch.float16, torch.bfloat16) and B.device.type == "cpu":
         Bf, Af = Bf.float(), Af.float()  # the CPU kernels compute in fp32; Triton reads half types directly
     pl = plan(W, B.device, r, alpha)
@@ -320,6 +323,6 @@ def consensus_forward(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor, rank: i
         Bu, Au, Su = consensus_randomized(Bf, Af, pl, rank, oversample, power_iters, seed)
     if pl.shared_rows:
         Bu, Au, Su = Bu[pl.inverse], Au[pl.inverse], Su[pl.inverse]
-    return (Bu.reshape(N, *batch, d, rank).to(B.dtype).contiguous(),
-            Au.reshape(N, *batch, rank, k).to(A.dtype).contiguous(),
-            Su.reshape(N, *batch, rank).to(cd).contiguous())
+    return (Bu.reshape(n_out, *batch, d, rank).to(B.dtype).contiguous(),
+            Au.reshape(n_out, *batch, rank, k).to(A.dtype).contiguous(),
+            Su.reshape(n_out, *batch, rank).to(cd).contiguous())

@@ -49,31 +49,32 @@ def consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: 
     factors + SVD of the small core), aligns the signs with the forward outputs, and applies the SVD
     derivative (Townsend 2016) restricted to that span, so the gradient of the product
     B_new @ A_new (and of S) is exact where sigma_rank > sigma_(rank+1), ties inside the kept block included (see
-    svd_coupling). The result G_M = Lf @ Rf stays factored.
+    svd_coupling). The result G_M = Lf @ Rf stays factored. W is (n_out, N): the gradients of the outputs are
+    (n_out, ...), those of B and A (N, ...) and that of W (n_out, N).
     """
     f64 = torch.float64
-    N, d, r, k = B.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
+    n_out, d, r, k = W.shape[0], B.shape[-2], B.shape[-1], A.shape[-1]
     R = B_new.shape[-1]
     Bf, Af = (t.to(f64) for t in flatten_layers(B, A))
     L = Bf.shape[1]
-    gBf = gB.reshape(N, L, d, R).to(f64)
-    gAf = gA.reshape(N, L, R, k).to(f64)
-    gSf = gS.reshape(N, L, R).to(f64)
-    Bn = B_new.reshape(N, L, d, R).to(f64)
-    An = A_new.reshape(N, L, R, k).to(f64)
+    gBf = gB.reshape(n_out, L, d, R).to(f64)
+    gAf = gA.reshape(n_out, L, R, k).to(f64)
+    gSf = gS.reshape(n_out, L, R).to(f64)
+    Bn = B_new.reshape(n_out, L, d, R).to(f64)
+    An = A_new.reshape(n_out, L, R, k).to(f64)
     Wd = W.to(B.device, f64)  # W may live on the host (see consensus_tsvd)
 
-    pl = plan(W, B.device, r, alpha)  # the forward's plan; its tables are per distinct row, expanded to agents here
+    pl = plan(W, B.device, r, alpha)  # the forward's plan; its tables are per distinct row, expanded to outputs here
     idx = pl.idx[pl.inverse]
     slot = idx.clamp(min=0)
-    w = pl.weights[pl.inverse]  # (N, D), 0 on empty slots
+    w = pl.weights[pl.inverse]  # (n_out, D), 0 on empty slots
     D = idx.shape[1]
-    Bc = (Bf[slot] * w[:, :, None, None, None]).permute(0, 2, 3, 1, 4).reshape(N, L, d, D * r)
-    Ac = (Af[slot] * pl.active[pl.inverse][:, :, None, None, None]).permute(0, 2, 1, 3, 4).reshape(N, L, D * r, k)
+    Bc = (Bf[slot] * w[:, :, None, None, None]).permute(0, 2, 3, 1, 4).reshape(n_out, L, d, D * r)
+    Ac = (Af[slot] * pl.active[pl.inverse][:, :, None, None, None]).permute(0, 2, 1, 3, 4).reshape(n_out, L, D * r, k)
     Qb, Rb = torch.linalg.qr(Bc)
     Qa, Ra = torch.linalg.qr(Ac.mT)
     Uc, s, Vch = torch.linalg.svd(Rb @ Ra.mT, full_matrices=False)
-    U, Vm = Qb @ Uc, Qa @ Vch.mT  # (N, L, d, t), (N, L, k, t)
+    U, Vm = Qb @ Uc, Qa @ Vch.mT  # (n_out, L, d, t), (n_out, L, k, t)
     t = s.shape[-1]
     R1 = min(R, t)
     s1 = s[..., :R1]
@@ -102,9 +103,9 @@ def consensus_backward(gB, gA, gS, B, A, W, B_new, A_new, alpha: float, need_W: 
     P2 = (gU1 - U @ J[..., :, :R1]) * inv1[..., None, :]
     Q3 = (gV1 - Vm @ K[..., :, :R1]) * inv1[..., None, :]
     Lf = torch.cat([U @ Z, P2, U1], -1)  # G_M = Lf @ Rf^T
-    Rf = torch.cat([Vm, V1, Q3], -1)  # (N, L, k, p)
+    Rf = torch.cat([Vm, V1, Q3], -1)  # (n_out, L, k, p)
 
-    LB = torch.einsum("ildp,jldr->ijlpr", Lf, Bf)  # Lf_i^T B_j
+    LB = torch.einsum("ildp,jldr->ijlpr", Lf, Bf)  # Lf_i^T B_j: i over the outputs, j over the inputs
     RA = torch.einsum("ilkp,jlrk->ijlpr", Rf, Af)  # Rf_i^T A_j^T
     dB = torch.einsum("ij,ildp,ijlpr->jldr", Wd, Lf, RA)
     dA = torch.einsum("ij,ijlpr,ilkp->jlrk", Wd, LB, Rf)

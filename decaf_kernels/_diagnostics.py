@@ -28,21 +28,22 @@ def consensus_distance(B: Tensor, A: Tensor) -> Tensor:
 
 
 def interference(B: Tensor, A: Tensor, W: Tensor, relative: bool) -> Tensor:
-    """(N, *batch) ||mix of products - product of mixed factors|| per agent (see ops.interference)."""
-    N = B.shape[0]
+    """(n_out, *batch) ||mix of products - product of mixed factors|| per output, W: (n_out, N) (see
+    ops.interference)."""
+    n_out = W.shape[0]
     Bf, Af = (t.to(torch.float64) for t in flatten_layers(B, A))
     W64 = W.to(torch.float64)
     Bbar = torch.einsum("ij,jldr->ildr", W64, Bf)
     Abar = torch.einsum("ij,jlrk->ilrk", W64, Af)
-    K = grams(Bf, Af, Bf, Af)  # <P_j, P_k>
-    norm_M = torch.einsum("ij,ljk,ik->li", W64, K, W64)  # ||M_i||^2
+    K = grams(Bf, Af, Bf, Af)  # <P_j, P_k> over the inputs
+    norm_M = torch.einsum("ij,ljk,ik->li", W64, K, W64)  # ||M_i||^2, (L, n_out)
     cross = torch.einsum("ij,lji->li", W64, grams(Bf, Af, Bbar, Abar))  # <M_i, Bbar_i Abar_i>
     GBb = torch.einsum("ildr,ilds->ilrs", Bbar, Bbar)
     GAb = torch.einsum("ilrk,ilsk->ilrs", Abar, Abar)
-    norm_mix = (GBb * GAb).sum((-1, -2)).mT  # (L, N) ||Bbar_i Abar_i||^2
+    norm_mix = (GBb * GAb).sum((-1, -2)).mT  # (L, n_out) ||Bbar_i Abar_i||^2
     sq = (norm_M - 2 * cross + norm_mix).clamp(min=0)
     out = sq.sqrt()
     if relative:
         nm = norm_M.clamp(min=0).sqrt()
         out = torch.where(nm > 0, out / torch.where(nm > 0, nm, torch.ones_like(nm)), torch.zeros_like(out))
-    return out.mT.reshape(N, *B.shape[1:-2]).to(compute_dtype(B.dtype))
+    return out.mT.reshape(n_out, *B.shape[1:-2]).to(compute_dtype(B.dtype))

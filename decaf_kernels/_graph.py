@@ -1,8 +1,9 @@
 """Graph planning on the host: what the kernels need to know about a mixing matrix W.
 
-Agent i's consensus product only involves agents j with W[i, j] != 0, so the kernels work on padded neighbour
-lists rather than on the dense N x N matrix (:func:`neighbours`). Agents whose rows of W are identical (every agent
-of a complete graph, for instance) have the same consensus product, so it is computed once and shared. The Gram
+W is (n_out, N): row o holds the weights output o gives the N input agents (square for the usual gossip step).
+Output o's consensus product only involves agents j with W[o, j] != 0, so the kernels work on padded neighbour
+lists rather than on the dense matrix (:func:`neighbours`). Outputs whose rows of W are identical (every agent of a
+complete graph, for instance) have the same consensus product, so it is computed once and shared. The Gram
 pass needs every pair of agents that are neighbours of a common agent; :func:`assembly_index` says where each
 stacked-Gram entry comes from, and :func:`pair_groups` groups the pairs by a shared factor for the GPU kernel.
 
@@ -19,10 +20,11 @@ import torch
 
 @dataclass(frozen=True, eq=False)
 class Neighbours:
-    n_agents: int
-    unique_rows: torch.Tensor  # (Nu,) int64: one representative agent per distinct row of W
-    inverse: torch.Tensor  # (N,) int64: agent -> index into unique_rows
-    idx: torch.Tensor  # (Nu, D) int64 neighbour agents, -1 = empty slot
+    n_out: int  # rows of W: outputs
+    n_in: int  # columns of W: input agents
+    unique_rows: torch.Tensor  # (Nu,) int64: one representative output per distinct row of W
+    inverse: torch.Tensor  # (n_out,) int64: output -> index into unique_rows
+    idx: torch.Tensor  # (Nu, D) int64 neighbour (input) agents in ascending order, -1 = empty slot
     weights: torch.Tensor  # (Nu, D) float64 W[i, j] for each slot, 0 for empty slots
     pairs: torch.Tensor  # (T, 2) int64 unordered pairs (j <= k) whose Gram blocks are needed
     pair_of_slots: torch.Tensor  # (Nu, D, D) int64 index into pairs for slots (s, t); 0 for empty slots
@@ -34,13 +36,13 @@ class Neighbours:
 
 
 def neighbours(W: torch.Tensor) -> Neighbours:
-    """Neighbour lists of the distinct rows of W (host computation; W is small)."""
+    """Neighbour lists of the distinct rows of W, (n_out, N) (host computation; W is small)."""
     Wc = W.detach().to("cpu", torch.float64).contiguous()
-    N = Wc.shape[0]
+    n_out, n_in = Wc.shape
     uniq, inverse = torch.unique(Wc, dim=0, return_inverse=True)
-    # one representative agent per distinct row (the first that has it), in agent order
-    first = torch.full((uniq.shape[0],), N, dtype=torch.int64)
-    first.scatter_reduce_(0, inverse, torch.arange(N), reduce="amin")
+    # one representative output per distinct row (the first that has it), in output order
+    first = torch.full((uniq.shape[0],), n_out, dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(n_out), reduce="amin")
     order = torch.argsort(first)
     remap = torch.empty_like(order)
     remap[order] = torch.arange(order.numel())
@@ -70,7 +72,7 @@ def neighbours(W: torch.Tensor) -> Neighbours:
     if not pair_id:  # W with an all-zero row set: keep shapes valid
         pair_id[(0, 0)] = 0
     pairs = torch.tensor(sorted(pair_id, key=pair_id.get), dtype=torch.int64).reshape(-1, 2)
-    return Neighbours(N, unique_rows, inverse, idx, weights, pairs, pair_of_slots, transposed)
+    return Neighbours(n_out, n_in, unique_rows, inverse, idx, weights, pairs, pair_of_slots, transposed)
 
 
 def assembly_index(nb: Neighbours, r: int) -> torch.Tensor:

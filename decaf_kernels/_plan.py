@@ -24,15 +24,15 @@ class Plan:
     nb: Neighbours  # host tables (idx, weights, pairs, ... on the CPU)
     alpha: float  # the split's exponent (B' = U S^alpha, A' = S^(1-alpha) V^T)
     idx: torch.Tensor  # (Nu, D) int64, -1 = empty slot
-    inverse: torch.Tensor  # (N,) int64: agent -> its distinct row
-    shared_rows: bool  # some agents share a row of W: results are solved per distinct row, then expanded by inverse
+    inverse: torch.Tensor  # (n_out,) int64: output -> its distinct row
+    shared_rows: bool  # some outputs share a row of W: results are solved per distinct row, then expanded by inverse
     pairs: torch.Tensor  # (T, 2) int64
     active: torch.Tensor  # (Nu, D) float64, 1 for a filled slot
     slot: torch.Tensor  # (Nu, D) int64, idx with empty slots pointing at agent 0
     weights: torch.Tensor  # (Nu, D) float64 W[i, j] per slot, 0 for empty slots (so no mask is needed with it)
     index: torch.Tensor  # assembly_index(nb, r)
     same: torch.Tensor  # (T,) bool: the pair is (j, j)
-    uncovered: torch.Tensor  # (n,) int64: agents no diagonal pair covers (their finiteness is not in the Grams)
+    uncovered: torch.Tensor  # (n,) int64: input agents no diagonal pair covers (their finiteness is not in the Grams)
     groups: Optional[PairGroups]  # pairs grouped by a shared factor for the GPU Gram kernel (CUDA), else None
     coefs: tuple  # slot_coefs of data without per-agent scales (every dtype but float64)
     outer: tuple  # the assembly products outer_coef(coefs[0], r), outer_coef(coefs[1], r)
@@ -51,9 +51,10 @@ def not_while_capturing(dev: torch.device) -> None:
 
 
 def plan(W: torch.Tensor, dev: torch.device, r: int, alpha: float) -> Plan:
-    """The plan of mixing matrix W for factors of rank r on device dev (cached by W's values)."""
+    """The plan of mixing matrix W, (n_out, N), for factors of rank r on device dev (cached by W's values)."""
     Wc = W.detach().to("cpu", torch.float64).contiguous()
-    key = (Wc.numpy().tobytes(), Wc.shape[0], str(dev), r, float(alpha))
+    # the full shape: the same bytes read as (2, 6) or (3, 4) are different matrices
+    key = (Wc.numpy().tobytes(), tuple(Wc.shape), str(dev), r, float(alpha))
     hit = _plans.get(key)
     if hit is not None:
         _plans.move_to_end(key)
@@ -64,7 +65,7 @@ def plan(W: torch.Tensor, dev: torch.device, r: int, alpha: float) -> Plan:
     active = (idx >= 0).to(torch.float64)
     weights = nb.weights.to(dev, torch.float64)
     same = nb.pairs[:, 0] == nb.pairs[:, 1]
-    covered = torch.zeros(nb.n_agents, dtype=torch.bool)
+    covered = torch.zeros(nb.n_in, dtype=torch.bool)
     covered[nb.pairs[same][:, 0]] = True
     coefs = slot_coefs(weights[None], active[None], alpha)  # the weights are 0 on empty slots
     pl = Plan(
@@ -72,7 +73,7 @@ def plan(W: torch.Tensor, dev: torch.device, r: int, alpha: float) -> Plan:
         alpha=float(alpha),
         idx=idx,
         inverse=nb.inverse.to(dev),
-        shared_rows=nb.unique_rows.numel() != nb.n_agents,
+        shared_rows=nb.unique_rows.numel() != nb.n_out,
         pairs=nb.pairs.to(dev),
         active=active,
         slot=idx.clamp(min=0),

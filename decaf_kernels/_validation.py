@@ -27,7 +27,7 @@ def check_tensor(name: str, x, *, min_dim: int) -> None:
 
 
 def dense_mixing(W):
-    """A sparse W (COO, CSR, ...) densified: W is N x N, small, and every op reads it whole."""
+    """A sparse W (COO, CSR, ...) densified: W (n_out x N) is small, and every op reads it whole."""
     if isinstance(W, torch.Tensor) and W.layout != torch.strided:
         return W.to_dense()
     return W
@@ -54,15 +54,20 @@ def as_flag(name: str, value) -> bool:
 
 
 def check_mixing(W, n_agents: int, ref: torch.Tensor, ref_name: str, *, allow_host: bool = False) -> None:
-    """allow_host: W may also live on the CPU when the factors are elsewhere (ops that read W on the host)."""
-    check_tensor("W", W, min_dim=2)
-    if W.dim() != 2 or W.shape[0] != W.shape[1]:
-        raise ValueError(f"W must be a square (N, N) mixing matrix, got shape {tuple(W.shape)}")
-    if W.shape[0] != n_agents:
+    """W: (n_out, N), one row per output over the N = n_agents input agents stacked in dimension 0 of ref.
+
+    allow_host: W may also live on the CPU when the factors are elsewhere (ops that read W on the host).
+    """
+    check_tensor("W", W, min_dim=0)
+    if W.dim() != 2:
+        raise ValueError(f"W must be a 2-D (n_out, N) mixing matrix, got shape {tuple(W.shape)}")
+    if W.shape[1] != n_agents:
         raise ValueError(
-            f"W is {tuple(W.shape)} but {ref_name} has N = {n_agents} agents in dimension 0; expected W of shape "
-            f"({n_agents}, {n_agents})"
+            f"W has {W.shape[1]} columns but {ref_name} has N = {n_agents} agents (dimension 0): W "
+            f"{tuple(W.shape)}, {ref_name} {tuple(ref.shape)}; expected W of shape (n_out, {n_agents})"
         )
+    if W.shape[0] == 0:
+        raise ValueError(f"W has no rows: shape {tuple(W.shape)}; expected (n_out, {n_agents}) with n_out >= 1")
     if W.device != ref.device and not (allow_host and W.device.type == "cpu"):
         expected = "the same device or the CPU" if allow_host else "the same device"
         raise ValueError(f"W is on {W.device} but {ref_name} is on {ref.device}; expected {expected}")
@@ -99,8 +104,8 @@ def check_factors(B, A) -> tuple[int, tuple[int, ...], int, int, int]:
 
 
 def row_sum_tolerance(W: torch.Tensor) -> float:
-    """Rows of W must sum to 1 within this (scaled by N and the dtype's precision)."""
-    n = W.shape[0]
+    """Rows of W must sum to 1 within this (scaled by the N terms of a row sum and the dtype's precision)."""
+    n = W.shape[1]
     return max(1e-6, 64.0 * n * torch.finfo(W.dtype).eps)
 
 

@@ -29,7 +29,7 @@ class CapturedConsensus:
 
     Args:
         B, A: CUDA factor stacks, as for consensus_tsvd. They must stay alive and keep their storage.
-        W: (N, N) mixing matrix (copied to the host once).
+        W: (n_out, N) mixing matrix, as for consensus_tsvd (copied to the host once).
         rank, split: as for consensus_tsvd.
         validate: run one eager, checked call before capturing (default True).
         warmup: eager calls before capture (kernels compile and autotune there; default 2).

@@ -38,13 +38,15 @@ def consensus_tsvd_grouped(
 
     Args:
         Bs, As: sequences of the same length of factor stacks; every entry is checked like consensus_tsvd's B, A.
-        W: (N, N) mixing matrix shared by all entries.
+        W: (n_out, N) mixing matrix shared by all entries (see consensus_tsvd; square (N, N) is the usual gossip
+            step).
         rank: rank of every result (default: each entry's own r); must satisfy 1 <= rank <= min(d_t, k_t).
         **kwargs: passed to consensus_tsvd (method, split, validate, generator, ...), except
             return_singular_values, which is not supported here.
 
     Returns:
-        A list with ``(B_new, A_new)`` for every entry, in the order given, shaped like consensus_tsvd's outputs.
+        A list with ``(B_new, A_new)`` for every entry, in the order given, shaped like consensus_tsvd's outputs
+        (n_out in dimension 0).
 
     Example:
         >>> import torch, decaf_kernels
@@ -94,8 +96,8 @@ def consensus_tsvd_grouped(
         flat_A = [As[t].reshape(N, -1, r, k) for t in members]
         sizes = [b.shape[1] for b in flat_B]
         B_new, A_new = consensus_tsvd(torch.cat(flat_B, 1), torch.cat(flat_A, 1), W, rank, **kwargs)
-        R = B_new.shape[-1]
+        n_out, R = B_new.shape[0], B_new.shape[-1]
         for t, b, a in zip(members, B_new.split(sizes, 1), A_new.split(sizes, 1)):
             batch = tuple(Bs[t].shape[1:-2])
-            out[t] = (b.reshape(N, *batch, d, R), a.reshape(N, *batch, R, k))
+            out[t] = (b.reshape(n_out, *batch, d, R), a.reshape(n_out, *batch, R, k))
     return out

@@ -37,9 +37,9 @@ def _consensus_tsvd_op(
 
 @_consensus_tsvd_op.register_fake
 def _(B, A, W, rank, method, oversample, power_iters, seed, split, validate):
-    N, batch, d, k = B.shape[0], tuple(B.shape[1:-2]), B.shape[-2], A.shape[-1]
-    return (B.new_empty((N, *batch, d, rank)), A.new_empty((N, *batch, rank, k)),
-            B.new_empty((N, *batch, rank), dtype=compute_dtype(B.dtype)))
+    n_out, batch, d, k = W.shape[0], tuple(B.shape[1:-2]), B.shape[-2], A.shape[-1]  # one output per row of W
+    return (B.new_empty((n_out, *batch, d, rank)), A.new_empty((n_out, *batch, rank, k)),
+            B.new_empty((n_out, *batch, rank), dtype=compute_dtype(B.dtype)))
 
 
 @torch.library.custom_op("decaf_kernels::consensus_tsvd_backward", mutates_args=())
@@ -95,12 +95,16 @@ def consensus_tsvd(
 ):
     r"""DeCAF consensus step: best rank-``rank`` factors of every agent's mixed LoRA product.
 
-    .. math:: B'_i A'_i = \operatorname{TSVD}_{rank}\big(M_i\big),\qquad M_i = \sum_j W_{ij} B_j A_j
+    .. math:: B'_o A'_o = \operatorname{TSVD}_{rank}\big(M_o\big),\qquad M_o = \sum_j W_{oj} B_j A_j
+
+    Output o mixes the N input agents with row o of W, so a square W is the usual gossip step (output i = agent i)
+    and a rectangular W computes only some outputs (a process hosting a block of agents passes its rows of W and
+    the factors of the agents those rows use).
 
     The d x k matrices M_i are never formed. "exact" computes float64 Gram blocks of the neighbours' factors
     (one pass over B and A; fp32 data squared in fp64 is exact), solves the (deg r) x (deg r) core with a
-    rank-revealing pivoted Cholesky and an SVD, and rebuilds the factors with one pass that reads only agent i's
-    neighbours (zeros of W are skipped; agents with identical rows of W are solved once). It is exact up to
+    rank-revealing pivoted Cholesky and an SVD, and rebuilds the factors with one pass that reads only output o's
+    neighbours (zeros of W are skipped; outputs with identical rows of W are solved once). It is exact up to
     rounding for any input, including zero, duplicate, ill-conditioned and extreme-magnitude factors: fp32, bf16
     and fp16 results are optimal to fp32 rounding; float64 on the CPU replaces the Grams by Householder QR of the
     stacked factors and a LAPACK SVD of the core, for LAPACK-level accuracy on spectra of any width (2-4x
@@ -110,14 +114,15 @@ def consensus_tsvd(
     gap after ``rank`` (agents near consensus), approximate where it does not.
 
     Args:
-        B: (N, *batch, d, r) LoRA "B" factors of the N agents (any number of batch/layer dimensions).
+        B: (N, *batch, d, r) LoRA "B" factors of the N input agents (any number of batch/layer dimensions).
         A: (N, *batch, r, k) LoRA "A" factors, same dtype and device as B.
-        W: (N, N) mixing matrix, row i = the weights agent i gives its neighbours; rows must sum to 1
-            (W need not be symmetric). Any floating dtype; used in float64. Dense or sparse (COO/CSR, densified).
+        W: (n_out, N): row o = the weights output o gives the N input agents; square (N, N) is the usual gossip
+            step. Rows must sum to 1 (W need not be symmetric; a column may be all zero: an input no output uses).
+            Any floating dtype; used in float64. Dense or sparse (COO/CSR, densified).
             On B's device or on the CPU: the neighbour lists are built on the host (cached by W's values), so a
             CPU W saves a device-to-host copy per call with GPU factors, and is required inside CUDA-graph capture.
         rank: rank of the result, an int (numpy integers accepted), 1 <= rank <= min(d, k); defaults to r.
-            Directions beyond the numerical rank of M_i come back as zero columns of B' / rows of A'.
+            Directions beyond the numerical rank of M_o come back as zero columns of B' / rows of A'.
         method: "exact", "randomized", or "auto" (the default): exact, unless the CPU cost model measured by
             ``bench/auto_method.py`` predicts the sketch to be at least 4x faster (cores of m = deg * r above
             ~280 for d = k = 256, ~400 for 768, ~1650 for 4096: dozens of distinct dense rows of W). On CUDA,
@@ -128,18 +133,28 @@ def consensus_tsvd(
             deterministic and never touches torch's global RNG.
         split: "balanced" (B' = U S^1/2, A' = S^1/2 V^T), "left" (B' = U S, A' = V^T) or "right" (B' = U, A' = S V^T).
             Zero singular values give zero columns/rows in every split (their singular vectors are undefined).
-        return_singular_values: also return S (N, *batch, rank), descending, in float32 (float64 for float64 input).
+        return_singular_values: also return S (n_out, *batch, rank), descending, in float32 (float64 for float64
+            input).
         validate: check values (finite inputs, rows of W summing to 1) before computing. Shapes, dtypes, devices
             and options are always checked.
 
     Returns:
-        ``(B_new, A_new)`` of shapes (N, *batch, d, rank) and (N, *batch, rank, k) in the input dtype
+        ``(B_new, A_new)`` of shapes (n_out, *batch, d, rank) and (n_out, *batch, rank, k) in the input dtype
         (bf16/fp16 are computed in fp32), plus ``S`` when ``return_singular_values``.
 
-    Autograd: differentiable in B, A and W through B_new @ A_new where sigma_rank > sigma_(rank+1), including
-    ties among the kept singular values (there the factors themselves are not differentiable, any rotation of a
-    tied pair being an SVD, and the gradient returned is that of the product), and through S where its values
-    are distinct. The backward runs in float64 without forming d x k matrices.
+    Signs and row blocks: each kept singular pair (column of B_new, row of A_new) is defined up to a joint sign,
+    which the kernels fix from output o's stacked neighbour factors, taken in ascending column order of W. So output
+    o depends only on row o and the agents it uses, in that order: with ``W_rect = W[rows][:, cols]``, ``cols`` the
+    sorted agents those rows use, ``consensus_tsvd(B[cols], A[cols], W_rect)`` equals ``consensus_tsvd(B, A,
+    W)[rows]``, signs included: bitwise for method="exact" with fp32/bf16/fp16 data on the CPU kernels; to
+    rounding (about 1e-14 relative) for float64 on the CPU, whose LAPACK route (MKL) rounds differently with the
+    batch's memory layout and the neighbour lists' padded width. Columns listed in another order give the same
+    products B'_o A'_o, but the factors may differ in sign (or, for tied singular values, by a rotation).
+
+    Autograd: differentiable in B, A and W through B_new @ A_new where sigma_rank > sigma_(rank+1), including ties
+    among the kept singular values (there the factors themselves are not differentiable, any rotation of a tied
+    pair being an SVD, and the gradient returned is that of the product), and through S where its values are
+    distinct. The backward runs in float64 without forming d x k matrices.
 
     Example:
         >>> import torch, decaf_kernels
@@ -188,9 +203,10 @@ def consensus_tsvd(
 
 
 def _mix_dense(X: Tensor, W: Tensor) -> Tensor:
+    """(n_out, ...) = W (n_out, N) applied over X's dimension 0 (N)."""
     cd = compute_dtype(X.dtype)
     N = X.shape[0]
-    return (W.to(cd) @ X.reshape(N, -1).to(cd)).reshape(X.shape).to(X.dtype)
+    return (W.to(cd) @ X.reshape(N, -1).to(cd)).reshape(W.shape[0], *X.shape[1:]).to(X.dtype)
 
 
 @torch.library.custom_op("decaf_kernels::mix_factors", mutates_args=())
@@ -202,7 +218,7 @@ def _mix_factors_op(X: Tensor, W: Tensor, validate: bool) -> Tensor:
 
 @_mix_factors_op.register_fake
 def _(X, W, validate):
-    return X.new_empty(X.shape)
+    return X.new_empty((W.shape[0], *X.shape[1:]))
 
 
 def _mix_factors_setup(ctx, inputs, output):
@@ -212,12 +228,12 @@ def _mix_factors_setup(ctx, inputs, output):
 
 def _mix_factors_bwd(ctx, grad):
     X, W = ctx.saved_tensors
-    N = X.shape[0]
-    dX = _mix_factors_op(grad, W.mT.contiguous(), False) if ctx.needs_input_grad[0] else None
+    n_out, N = W.shape
+    dX = _mix_factors_op(grad, W.mT.contiguous(), False) if ctx.needs_input_grad[0] else None  # W^T grad: (N, ...)
     dW = None
     if ctx.needs_input_grad[1]:
         cd = torch.promote_types(compute_dtype(X.dtype), W.dtype)
-        dW = (grad.reshape(N, -1).to(cd) @ X.reshape(N, -1).to(cd).mT).to(W.dtype)
+        dW = (grad.reshape(n_out, -1).to(cd) @ X.reshape(N, -1).to(cd).mT).to(W.dtype)
     return dX, dW, None
 
 
@@ -225,15 +241,16 @@ _mix_factors_op.register_autograd(_mix_factors_bwd, setup_context=_mix_factors_s
 
 
 def mix_factors(X: Tensor, W: Tensor, *, validate: bool = True) -> Tensor:
-    r"""DLoRA gossip of one factor: :math:`X'_i = \sum_j W_{ij} X_j`.
+    r"""DLoRA gossip of one factor: :math:`X'_o = \sum_j W_{oj} X_j`.
 
     Args:
         X: (N, *batch, m, n) a stack of per-agent factors (B or A), any floating dtype (half types are
             mixed in fp32 and returned in their own dtype).
-        W: (N, N) mixing matrix whose rows sum to 1 (checked when ``validate``); dense or sparse (densified).
+        W: (n_out, N): row o = the weights output o gives the N input agents; square (N, N) is the usual gossip
+            step. Rows sum to 1 (checked when ``validate``); dense or sparse (densified).
 
     Returns:
-        (N, *batch, m, n) tensor of X's dtype. Differentiable in X and W.
+        (n_out, *batch, m, n) tensor of X's dtype. Differentiable in X and W.
 
     Example:
         >>> X = torch.randn(4, 3, 16, 8); W = torch.full((4, 4), 0.25)
@@ -258,7 +275,7 @@ def _mix_products_op(B: Tensor, A: Tensor, W: Tensor, validate: bool) -> Tensor:
 
 @_mix_products_op.register_fake
 def _(B, A, W, validate):
-    return B.new_empty((*B.shape[:-1], A.shape[-1]))
+    return B.new_empty((W.shape[0], *B.shape[1:-1], A.shape[-1]))
 
 
 def _mix_products_setup(ctx, inputs, output):
@@ -270,14 +287,13 @@ def _mix_products_bwd(ctx, grad):
     B, A, W = ctx.saved_tensors
     cd = compute_dtype(B.dtype)
     G = grad.to(cd)
-    GW = _mix_dense(G, W.mT.contiguous())  # sum_i W_ij G_i
+    GW = _mix_dense(G, W.mT.contiguous())  # sum_i W_ij G_i: (N, ...)
     dB = (GW @ A.to(cd).mT).to(B.dtype) if ctx.needs_input_grad[0] else None
     dA = (B.to(cd).mT @ GW).to(A.dtype) if ctx.needs_input_grad[1] else None
     dW = None
     if ctx.needs_input_grad[2]:
-        N = B.shape[0]
-        P = (B.to(cd) @ A.to(cd)).reshape(N, -1)
-        dW = (G.reshape(N, -1) @ P.mT).to(W.dtype)
+        P = (B.to(cd) @ A.to(cd)).reshape(B.shape[0], -1)
+        dW = (G.reshape(W.shape[0], -1) @ P.mT).to(W.dtype)
     return dB, dA, dW, None
 
 
@@ -285,15 +301,17 @@ _mix_products_op.register_autograd(_mix_products_bwd, setup_context=_mix_product
 
 
 def mix_products(B: Tensor, A: Tensor, W: Tensor, *, validate: bool = True) -> Tensor:
-    r"""The dense mixed products :math:`M_i = \sum_j W_{ij} B_j A_j` (what DeCAF truncates).
+    r"""The dense mixed products :math:`M_o = \sum_j W_{oj} B_j A_j` (what DeCAF truncates).
 
     Forms d x k matrices: meant for small shapes, checks and diagnostics, not for the training hot path.
 
     Args:
-        B: (N, *batch, d, r), A: (N, *batch, r, k), W: (N, N) with rows summing to 1.
+        B: (N, *batch, d, r), A: (N, *batch, r, k): the N input agents.
+        W: (n_out, N): row o = the weights output o gives the N input agents (square (N, N): the usual gossip step),
+            rows summing to 1.
 
     Returns:
-        M: (N, *batch, d, k) in B's dtype (computed in fp32 for half types). Differentiable in B, A and W.
+        M: (n_out, *batch, d, k) in B's dtype (computed in fp32 for half types). Differentiable in B, A and W.
 
     Example:
         >>> M = decaf_kernels.mix_products(torch.randn(3, 8, 2), torch.randn(3, 2, 5), torch.eye(3))
@@ -351,23 +369,24 @@ def _interference_op(B: Tensor, A: Tensor, W: Tensor, relative: bool) -> Tensor:
 
 @_interference_op.register_fake
 def _(B, A, W, relative):
-    return B.new_empty((B.shape[0], *B.shape[1:-2]), dtype=compute_dtype(B.dtype))
+    return B.new_empty((W.shape[0], *B.shape[1:-2]), dtype=compute_dtype(B.dtype))
 
 
 def interference(B: Tensor, A: Tensor, W: Tensor, *, relative: bool = False) -> Tensor:
     r"""DLoRA's consensus interference: how far the product of mixed factors is from the mix of products.
 
-    .. math:: I_i = \Big\lVert \sum_j W_{ij} B_j A_j - \Big(\sum_j W_{ij} B_j\Big)\Big(\sum_j W_{ij} A_j\Big)\Big\rVert_F
+    .. math:: I_o = \Big\lVert \sum_j W_{oj} B_j A_j - \Big(\sum_j W_{oj} B_j\Big)\Big(\sum_j W_{oj} A_j\Big)\Big\rVert_F
 
     Zero when all neighbours agree; DeCAF removes it by construction. Computed from r x r Grams in float64
     (no d x k matrix). Not differentiable (a diagnostic).
 
     Args:
-        B: (N, *batch, d, r), A: (N, *batch, r, k), W: (N, N).
-        relative: divide by :math:`\lVert M_i\rVert_F` (0 where M_i = 0).
+        B: (N, *batch, d, r), A: (N, *batch, r, k): the N input agents.
+        W: (n_out, N): row o = the weights output o gives the N input agents (square (N, N): the usual gossip step).
+        relative: divide by :math:`\lVert M_o\rVert_F` (0 where M_o = 0).
 
     Returns:
-        (N, *batch) tensor, float32 (float64 for float64 input).
+        (n_out, *batch) tensor, float32 (float64 for float64 input).
 
     Example:
         >>> B, A = torch.randn(3, 32, 4), torch.randn(3, 4, 16)

@@ -23,19 +23,20 @@ __all__ = [
 
 
 def mix_factors_ref(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """X_new[i] = sum_j W[i, j] X[j]."""
+    """X_new[o] = sum_j W[o, j] X[j] for W (n_out, N) and X (N, ...): (n_out, ...)."""
     return torch.einsum("ij,j...->i...", W.to(X.dtype), X)
 
 
 def mix_products_ref(B: torch.Tensor, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """M[i] = sum_j W[i, j] B[j] @ A[j]."""
+    """M[o] = sum_j W[o, j] B[j] @ A[j] for W (n_out, N): (n_out, ..., d, k)."""
     return torch.einsum("ij,j...->i...", W.to(B.dtype), B @ A)
 
 
 def consensus_tsvd_ref(B, A, W, rank: int, alpha: float = 0.5):
-    """Dense float64 consensus TSVD: SVD of every M_i, truncated to `rank`, split U S^alpha, S^(1-alpha) V^T.
+    """Dense float64 consensus TSVD: SVD of every M_o, truncated to `rank`, split U S^alpha, S^(1-alpha) V^T.
 
-    Returns float64 (B_new, A_new, S). Only for small d, k (it forms the d x k matrices).
+    W: (n_out, N) over the N agents of B, A. Returns float64 (B_new, A_new, S) with n_out in dimension 0. Only for
+    small d, k (it forms the d x k matrices).
     """
     M = mix_products_ref(B.double(), A.double(), W.double())
     U, S, Vh = torch.linalg.svd(M, full_matrices=False)

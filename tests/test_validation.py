@@ -31,8 +31,14 @@ BAD = [
     ("N-mismatch", lambda B, A, W: (B, A[:3], W, {}), ValueError, ["N = 4", "3"]),
     ("r-mismatch", lambda B, A, W: (B, torch.randn(N, 2, r + 1, k), W, {}), ValueError, ["r=3", "A"]),
     ("batch-mismatch", lambda B, A, W: (B, torch.randn(N, 3, r, k), W, {}), ValueError, ["batch", "(2,)", "(3,)"]),
-    ("W-not-square", lambda B, A, W: (B, A, W[:, :3], {}), ValueError, ["W", "square", "(4, 3)"]),
-    ("W-wrong-N", lambda B, A, W: (B, A, ring(5), {}), ValueError, ["W", "(5, 5)", "(4, 4)"]),
+    # W is (n_out, N): its columns must match B's agents, whatever its number of rows
+    ("W-columns", lambda B, A, W: (B, A, W[:, :3], {}), ValueError,
+     ["W has 3 columns", "B has N = 4 agents", "(4, 3)", "(4, 2, 12, 3)", "(n_out, 4)"]),
+    ("W-wrong-N", lambda B, A, W: (B, A, ring(5), {}), ValueError, ["W has 5 columns", "N = 4", "(5, 5)"]),
+    ("W-1d", lambda B, A, W: (B, A, W[0], {}), ValueError, ["W", "2-D", "(n_out, N)", "(4,)"]),
+    ("W-3d", lambda B, A, W: (B, A, W[None], {}), ValueError, ["W", "2-D", "(1, 4, 4)"]),
+    ("W-no-rows", lambda B, A, W: (B, A, W[:0], {}), ValueError, ["W has no rows", "(0, 4)", "n_out >= 1"]),
+    ("W-rect-rows", lambda B, A, W: (B, A, W[:2] * 1.1, {}), ValueError, ["rows of W", "sum to 1", "row 0"]),
     ("W-rows", lambda B, A, W: (B, A, W * 1.1, {}), ValueError, ["rows of W", "sum to 1", "row 0"]),
     ("W-nan", lambda B, A, W: (B, A, with_nan(W), {}), ValueError, ["W", "finite", "nan"]),
     ("B-nan", lambda B, A, W: (with_nan(B), A, W, {}), ValueError, ["B", "finite"]),
@@ -86,8 +92,10 @@ def test_other_ops_validate():
         dk.mix_products(B, torch.randn(N, 2, 2, k), W)
     with pytest.raises(TypeError, match="B and A must have the same dtype"):
         dk.consensus_distance(B, A.double())
-    with pytest.raises(ValueError, match="W"):
-        dk.interference(B, A, W[:2])
+    with pytest.raises(ValueError, match="W has 2 columns but B has N = 4 agents"):
+        dk.interference(B, A, W[:, :2])
+    with pytest.raises(ValueError, match="W has 5 columns but X has N = 4 agents"):
+        dk.mix_factors(B, ring(5)[:2])
 
 
 def test_error_leaves_inputs_untouched():
