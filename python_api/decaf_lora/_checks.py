@@ -64,3 +64,8 @@ def check_choice(what: str, value: Any, allowed: tuple) -> Any:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; expected one of {allowed}")
     return value
+
+
+class PeerError(RuntimeError):
+    """A peer process did not answer within the timeout, died, or was started with other settings (defined here,
+    torch-free, so that the command line can catch it; :mod:`decaf_lora.processes` raises it)."""

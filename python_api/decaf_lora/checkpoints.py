@@ -115,13 +115,15 @@ def read_agents(path: Path, state: dict) -> Dict[int, dict]:
     return agents
 
 
-def remove_unreferenced(folder: Path, keep: Optional[List[str]] = None) -> List[Path]:
-    """Remove the shard files in ``folder`` that are not in ``keep`` (older or uncommitted rounds)."""
+def remove_unreferenced(folder: Path, keep: Optional[List[str]] = None, *, temporaries: bool = False) -> List[Path]:
+    """Remove the shard files in ``folder`` that are not in ``keep`` (older or uncommitted rounds), and with
+    ``temporaries`` the temporary files of interrupted shard writes (only while no process writes shards)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     keep = set(keep or [])
-    gone = [p for p in folder.iterdir() if _SHARD.fullmatch(p.name) and p.name not in keep]
+    gone = [p for p in folder.iterdir() if (_SHARD.fullmatch(p.name) and p.name not in keep)
+            or (temporaries and p.name.startswith(".round-") and p.name.endswith(".tmp"))]
     for p in gone:
         p.unlink(missing_ok=True)
     return gone

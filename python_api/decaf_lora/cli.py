@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ._checks import PeerError
 from .config import TrainConfig, config_fields, load_config_file
 from .names import ALGORITHMS, DATA_BUILTIN, GRAPHS, MOMENT_POLICIES, PARTITIONS, SPLITS
 
@@ -129,6 +130,12 @@ def _title(c: TrainConfig) -> str:
     return f"{data}, {c.agents} agents, {c.graph}, {part}, r={c.rank}, {c.rounds} rounds x {c.comm_every} steps"
 
 
+def _rank_prefix() -> str:
+    import os
+
+    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -145,38 +152,50 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = _config_from_args(args)
         from . import trainer as T
         from .models import pick_device
+        from .processes import join
         from .runfiles import ADAPTER
 
-        if args.command == "train":
-            export = args.export
-            if export not in ("average", "none"):
-                try:
-                    export = int(export)
-                except ValueError:
-                    raise ValueError(f"--export must be 'average', 'none' or an agent index, got {export!r}") from None
-                if not 0 <= export < config.agents:
-                    raise ValueError(f"--export {export}: agent index must be in [0, {config.agents})")
+        export = args.export if args.command == "train" else "none"
+        if export not in ("average", "none"):
+            try:
+                export = int(export)
+            except ValueError:
+                raise ValueError(f"--export must be 'average', 'none' or an agent index, got {export!r}") from None
+            if not 0 <= export < config.agents:
+                raise ValueError(f"--export {export}: agent index must be in [0, {config.agents})")
+        device = pick_device(config.device)
+        group = join(device, timeout=config.dist_timeout)  # torch.distributed under torchrun, else one process
+        rank = group.rank
+        try:
+            algorithms = [config.algorithm] if args.command == "train" else config.algorithms
             # Trainer.run checks the folder too, but only after the data and model are loaded: fail fast here
-            pick_device(config.device)
-            T.check_out_dir(config, [config.algorithm], resume=args.resume, overwrite=args.overwrite)
-            adapter = Path(config.out_dir) / config.algorithm / ADAPTER  # trainer.out_dir / ADAPTER
-            if export != "none":
-                T.check_export_path(adapter)
-            trainer = T.Trainer(config)
-            result = trainer.run(resume=args.resume, overwrite=args.overwrite)
-            result.summary = T.summarise(result.history)
-            if export != "none":
-                where = trainer.export(adapter, agent=export)
-                print(f"adapter ({export}): {where}")
-            _print_results([result], Path(config.out_dir), _title(config))
-        else:
-            results = T.compare(config, resume=args.resume, overwrite=args.overwrite)
-            _print_results(results, Path(config.out_dir), _title(config))
+            if rank == 0 and not T.restarted_by_torchrun():
+                T.check_out_dir(config, algorithms, resume=args.resume, overwrite=args.overwrite)
+                if export != "none":
+                    T.check_export_path(Path(config.out_dir) / config.algorithm / ADAPTER)  # trainer.out_dir/ADAPTER
+            if args.command == "train":
+                trainer = T.Trainer(config, group=group)
+                result = trainer.run(resume=args.resume, overwrite=args.overwrite)
+                result.summary = T.summarise(result.history)
+                results = [result]
+                if export != "none":
+                    where = trainer.export(trainer.out_dir / ADAPTER, agent=export)
+                    if rank == 0:
+                        print(f"adapter ({export}): {where}")
+            else:
+                results = T.compare(config, resume=args.resume, overwrite=args.overwrite, group=group)
+            if rank == 0:
+                _print_results(results, Path(config.out_dir), _title(config))
+        finally:
+            group.close()
         return 0
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
         # OSError: a missing file, a folder in the way, no permission; its message names the path
-        print(f"decaf: error: {exc}", file=sys.stderr)
+        print(f"decaf: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2
+    except PeerError as exc:  # a peer died, hangs or runs other settings: say so on every rank, then stop
+        print(f"decaf: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:  # pragma: no cover - interactive
         print("decaf: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
         return 130

@@ -20,13 +20,11 @@ from typing import Any, Optional
 
 import torch
 
+from ._checks import PeerError
+
 __all__ = ["Placement", "Group", "join", "launched_by_torchrun", "PeerError", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 300.0  # seconds; a peer silent for this long is taken for dead (gloo's own default is 30 min)
-
-
-class PeerError(RuntimeError):
-    """A peer process did not answer within the timeout, died, or was started with other settings."""
 
 
 def launched_by_torchrun() -> bool:

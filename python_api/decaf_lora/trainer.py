@@ -130,6 +130,7 @@ class Trainer:
         self.bytes_total = 0
         self.bytes_wire_total = 0
         self.wall_time = 0.0
+        self._committed_shards: List[str] = []  # the shards the loaded checkpoint names
         # each agent's stream (the model init above used seed); see the module docstring
         self._rng = [self._agent_stream(a) for a in self.local]
 
@@ -359,8 +360,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             mark_run(Path(c.out_dir))
             stale = clean_stale_temporaries(Path(c.out_dir)) + clean_stale_temporaries(self.out_dir)
-            if not (resume and ckpt_path.exists()):
-                stale += remove_unreferenced(self.out_dir / SHARDS)
+            # before the barrier below no process writes shards: those of an uncommitted round can go
+            stale += remove_unreferenced(self.out_dir / SHARDS, self._committed_shards, temporaries=True)
             for p in stale:
                 self.log(f"{c.algorithm}: removed {p}, left by an interrupted write")
             header = {"event": "start", "algorithm": c.algorithm, "config": c.to_dict(),
@@ -430,6 +431,7 @@ class Trainer:
         if state["round"] > self.config.rounds:
             raise ValueError(f"checkpoint {path} is at round {state['round']}, beyond rounds={self.config.rounds}")
         agents = read_agents(path, state)
+        self._committed_shards = list(state["shards"])
         before = (self._run_state(), self._agent_states())
         try:
             self._restore(state, agents)
