@@ -40,6 +40,10 @@ _EXPORTS = {
     "RunResult": "trainer",
     "Trainer": "trainer",
     "compare": "trainer",
+    "DecentralizedLoRA": "peer",
+    "CommRecord": "peer",
+    "DecafCallback": "callback",
+    "agent_training_arguments": "callback",
 }
 __all__ = list(_EXPORTS) + ["__version__"]
 

@@ -154,6 +154,17 @@ class AgentStacks:
         for n, p in self.dense_params.items():
             p.copy_(dense[n])
 
+    @torch.no_grad()
+    def store_agent(self, i: int) -> None:
+        """Copy the model's current adapters and dense parameters into agent i's slot (the reverse of
+        :meth:`load_agent`): for a training loop that steps the model's own parameters, not the stacks."""
+        for g in self.groups:
+            for l, (lora_A, lora_B) in enumerate(g.modules):
+                g.A[i, l].copy_(lora_A.weight)
+                g.B[i, l].copy_(lora_B.weight)
+        for n, p in self.dense_params.items():
+            self.dense[n][i].copy_(p)
+
     def agent_parameters(self, i: int, *, include_A: bool = True) -> List[nn.Parameter]:
         """Parameters that alias agent i's slots of the stacks (an optimizer updating them updates the stacks)."""
         params = []
