@@ -55,3 +55,25 @@ def test_one_plan_per_matrix_device_rank_and_split():
         _plan.plan(W, cpu, 1, s / 1000)
     assert len(_plan._plans) == _plan._MAX_PLANS
     assert _plan.plan(W.clone(), cpu, 4, 0.5) is not first  # evicted: made again
+
+
+def test_plan_of_a_rectangular_w():
+    """W (n_out, N): the tables are per output row, over the N input agents; the cache tells shapes apart."""
+    n = 6
+    W = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in (i - 1, i, i + 1):
+            W[i, j % n] += 1.0 / 3.0
+    cpu = torch.device("cpu")
+    rows = _plan.plan(W[1:3], cpu, 2, 0.5)  # outputs 1 and 2 over all six agents
+    assert (rows.nb.n_out, rows.nb.n_in) == (2, 6)
+    assert rows.idx.tolist() == [[0, 1, 2], [1, 2, 3]] and rows.inverse.tolist() == [0, 1] and not rows.shared_rows
+    assert rows.uncovered.tolist() == [4, 5]  # inputs no output uses: their finiteness is checked separately
+    # the same 12 values read as (3, 4) are another matrix
+    other = _plan.plan(W[1:3].reshape(3, 4), cpu, 2, 0.5)
+    assert other is not rows and (other.nb.n_out, other.nb.n_in) == (3, 4)
+    assert _plan.plan(W[1:3].clone(), cpu, 2, 0.5) is rows
+    # more outputs than inputs, rows repeating: solved per distinct row, expanded by inverse
+    more = _plan.plan(W[[0, 1, 0, 1, 1]][:, [0, 1, 2, 5]], cpu, 2, 0.5)
+    assert (more.nb.n_out, more.nb.n_in) == (5, 4) and more.shared_rows
+    assert more.inverse.tolist() == [0, 1, 0, 1, 1] and more.idx.tolist() == [[0, 1, 3], [0, 1, 2]]
