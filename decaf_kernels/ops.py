@@ -143,13 +143,14 @@ def consensus_tsvd(
         (bf16/fp16 are computed in fp32), plus ``S`` when ``return_singular_values``.
 
     Signs and row blocks: each kept singular pair (column of B_new, row of A_new) is defined up to a joint sign,
-    which the kernels fix from output o's stacked neighbour factors, taken in ascending column order of W. So output
-    o depends only on row o and the agents it uses, in that order: with ``W_rect = W[rows][:, cols]``, ``cols`` the
-    sorted agents those rows use, ``consensus_tsvd(B[cols], A[cols], W_rect)`` equals ``consensus_tsvd(B, A,
-    W)[rows]``, signs included: bitwise for method="exact" with fp32/bf16/fp16 data on the CPU kernels; to
-    rounding (about 1e-14 relative) for float64 on the CPU, whose LAPACK route (MKL) rounds differently with the
-    batch's memory layout and the neighbour lists' padded width. Columns listed in another order give the same
-    products B'_o A'_o, but the factors may differ in sign (or, for tied singular values, by a rotation).
+    which the kernels fix from output o's stacked neighbour factors, taken in ascending column order of W. So with
+    ``W_rect = W[rows][:, cols]``, ``cols`` the sorted agents those rows use, ``consensus_tsvd(B[cols], A[cols],
+    W_rect)`` equals ``consensus_tsvd(B, A, W)[rows]``, signs included, bitwise for method="exact" with
+    fp32/bf16/fp16 data on the CPU kernels. float64 data on the CPU (Householder QR + LAPACK SVD, MKL) agrees to
+    rounding (~1e-14 relative: MKL rounds with the batch's memory alignment); its cores are padded to the call's
+    largest number of nonzeros per row, and where that differs between the two calls LAPACK may, rarely, pick the
+    other sign for a singular pair (the products B'_o A'_o still agree to rounding). Columns listed in another
+    order give the same products, with possibly different signs (or, for tied singular values, a rotation).
 
     Autograd: differentiable in B, A and W through B_new @ A_new where sigma_rank > sigma_(rank+1), including ties
     among the kept singular values (there the factors themselves are not differentiable, any rotation of a tied
