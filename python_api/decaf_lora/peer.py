@@ -30,6 +30,7 @@ from .algorithms import Algorithm, make_algorithm
 from .exchange import WIRE_DTYPES, Exchange
 from .mixing import check_mixing_matrix
 from .names import ALGORITHMS, CONSENSUS_METHODS, GRAPHS, MOMENT_POLICIES, SPLITS
+from .names import WIRE_DTYPES as WIRE_NAMES
 from .processes import DEFAULT_TIMEOUT, Group, Placement, join, launched_by_torchrun
 from .topology import Topology
 
@@ -84,9 +85,10 @@ def _expected_world(group: Optional[Group]) -> int:
 
 
 def _wire_dtype(value: Any) -> Optional[torch.dtype]:
-    if value is None or value in WIRE_DTYPES.values():
+    allowed = {WIRE_DTYPES[n]: n for n in WIRE_NAMES}
+    if value is None or value in allowed:
         return value
-    if isinstance(value, str) and value in ("float32", "bfloat16"):
+    if isinstance(value, str) and value in WIRE_NAMES:
         return WIRE_DTYPES[value]
     raise ValueError(f"wire_dtype must be None, torch.float32, torch.bfloat16 or their names, got {value!r}")
 
