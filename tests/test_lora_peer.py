@@ -29,7 +29,7 @@ if not torch.distributed.is_available():  # pragma: no cover - every supported b
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from decaf_lora.peer import DecentralizedLoRA  # noqa: E402
+from decaf_lora.peer import DecentralizedLoRA, frozen_digest  # noqa: E402
 from decaf_lora.topology import Topology  # noqa: E402
 
 HANG_TIMEOUT = 5.0  # seconds: the hung-peer scenario's DecentralizedLoRA timeout
@@ -43,12 +43,16 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 
-def tiny_model(freeze_A=False):
-    torch.manual_seed(0)
+def tiny_model(freeze_A=False, seed=0, head_seed=None):
+    torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=16, num_labels=3)
-    model = get_peft_model(BertForSequenceClassification(cfg),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    base = BertForSequenceClassification(cfg)
+    if head_seed is not None:  # a head initialised differently (as from_pretrained + an unseeded new head)
+        torch.manual_seed(head_seed)
+        base.classifier.reset_parameters()
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                            task_type="SEQ_CLS"))
     if freeze_A:
         for n, p in model.named_parameters():
             if "lora_A" in n:
@@ -95,6 +99,15 @@ def scenario(fn):
 def mismatch():  # rank 1 started with another algorithm
     try:
         DecentralizedLoRA(tiny_model(), "complete", "dlora" if RANK == 1 else "decaf", timeout=30)
+    except PeerError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
+@scenario
+def unseeded():  # rank 1 built its base model under another seed
+    try:
+        DecentralizedLoRA(tiny_model(seed=RANK), "complete", "decaf", timeout=30)
     except PeerError as exc:
         return {"error": str(exc)}
     return {"error": None}
@@ -191,7 +204,7 @@ except PeerError as exc:
     raise  # the process must still exit (no hang in the process group's teardown): torchrun ends rank 1
 '''
 
-SCENARIOS = ("mismatch", "procrustes", "reset", "refused", "trainer", "hang")
+SCENARIOS = ("mismatch", "unseeded", "procrustes", "reset", "refused", "trainer", "hang")
 
 
 def _free_port() -> int:
@@ -406,6 +419,19 @@ def test_mismatched_settings_stop_every_rank(two_processes):
         assert got["error"] is not None, f"rank {r} did not stop"
         assert "different DeCAF settings" in got["error"]
         assert "algorithm: rank 0 'decaf', rank 1 'dlora'" in got["error"]
+
+
+def test_a_base_model_built_differently_stops_every_rank(two_processes):
+    for got in _ok(two_processes, "unseeded"):
+        assert got["error"] is not None and "frozen_weights: rank 0 '" in got["error"]
+        assert "algorithm" not in got["error"]  # only the differing setting is named
+
+
+def test_frozen_digest_sees_the_base_model_not_the_unused_head_copy():
+    reference = frozen_digest(tiny_model())
+    assert frozen_digest(tiny_model(head_seed=5)) == reference  # the trained head is averaged, its frozen copy unused
+    assert frozen_digest(tiny_model(seed=1)) != reference
+    assert frozen_digest(tiny_model(freeze_A=True)) != reference  # dlora_fa: A must be the same everywhere
 
 
 def test_decaf_on_two_processes_is_the_oracle_consensus_and_keeps_moments(two_processes):

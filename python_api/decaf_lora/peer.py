@@ -34,7 +34,7 @@ from .names import WIRE_DTYPES as WIRE_NAMES
 from .processes import DEFAULT_TIMEOUT, Group, Placement, join, launched_by_torchrun
 from .topology import Topology
 
-__all__ = ["DecentralizedLoRA", "CommRecord"]
+__all__ = ["DecentralizedLoRA", "CommRecord", "frozen_digest"]
 
 
 @dataclass
@@ -70,6 +70,23 @@ def _digest(*tensors: Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
         h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def frozen_digest(model: nn.Module) -> str:
+    """A digest of the frozen parameters (names, shapes, sums): processes whose base model (or, under dlora_fa, A)
+    was built differently disagree on it. peft's unused frozen copy of a ``modules_to_save`` module (its
+    ``original_module``, e.g. a randomly initialised head) is left out: only the trained copy is used."""
+    unused = set()
+    for m in model.modules():
+        original = getattr(m, "original_module", None)
+        if isinstance(original, nn.Module) and hasattr(m, "modules_to_save"):
+            unused.update(id(p) for p in original.parameters())
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad and id(p) not in unused:
+                h.update(f"{name}{tuple(p.shape)}{float(p.sum(dtype=torch.float64)):.10e}".encode())
     return h.hexdigest()[:16]
 
 
@@ -224,11 +241,6 @@ class DecentralizedLoRA:
                      "seed": topo.seed, "W": _digest(topo.W), "adjacency": _digest(topo.adjacency.to(torch.uint8))}
         else:
             graph = {"W": _digest(topo.W)}
-        frozen = hashlib.sha256()
-        with torch.no_grad():  # base weights (and A under dlora_fa) built differently on some process
-            for name, p in self.model.named_parameters():
-                if not p.requires_grad:
-                    frozen.update(f"{name}{tuple(p.shape)}{float(p.sum(dtype=torch.float64)):.10e}".encode())
         return {"algorithm": algorithm, "moments": self.moments, "split": split,
                 "consensus_method": consensus_method, "agents": self.n_agents, "topology": graph,
                 "wire_dtype": str(self.wire_dtype), "adapter": adapter,
@@ -236,7 +248,7 @@ class DecentralizedLoRA:
                                 for n, s in zip(g.names, g.scaling.tolist())],
                 "dense": {n: [list(t.shape[1:]), str(t.dtype)] for n, t in self.stacks.dense.items()},
                 "dtypes": sorted({str(p.dtype) for p in self._factors}),
-                "frozen_weights": frozen.hexdigest()[:16]}
+                "frozen_weights": frozen_digest(self.model)}
 
     def attach_optimizer(self, optimizer) -> None:
         """Use ``optimizer`` (it must step the model's LoRA parameters) for the moments policy."""
