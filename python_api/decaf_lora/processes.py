@@ -207,6 +207,12 @@ def join(device: torch.device | str = "cpu", *, timeout: float = DEFAULT_TIMEOUT
             device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         comm_dev = device
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    # torchrun keeps one store across restarts (--max-restarts): without a prefix per attempt, a restarted worker
+    # can read a dead predecessor's gloo address from it and fail to connect
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    wait = datetime.timedelta(seconds=timeout)
+    store, rank, world = next(dist.rendezvous("env://", timeout=wait))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"decaf_lora/attempt-{attempt}", store), rank=rank,
+                            world_size=world, timeout=wait)
     return Group(rank=dist.get_rank(), world=dist.get_world_size(), timeout=timeout, device=comm_dev,
                  owns_group=True)
