@@ -35,7 +35,7 @@ from decaf_lora.models import BUILTIN_MODEL, load_tokenizer  # noqa: E402
 from decaf_lora.processes import Placement  # noqa: E402
 from decaf_lora.runfiles import read_checkpoint  # noqa: E402
 from decaf_lora.topology import Topology  # noqa: E402
-from decaf_lora.trainer import compare  # noqa: E402
+from decaf_lora.trainer import Trainer, compare  # noqa: E402
 
 ALL = ["local", "dlora", "dlora_fa", "decaf", "fedavg", "exact_avg"]
 CLOCK = ("wall_time", "time_local", "time_comm", "time_consensus", "time_eval", "bytes_wire", "bytes_wire_total",
@@ -159,6 +159,17 @@ CASES = {
 }
 
 
+def _same_round(a: dict, b: dict) -> None:
+    """Two runs' records of a round agree: accuracies equal, the rest to fp32 summation order."""
+    where = (a["algorithm"], a["round"])
+    assert a["test_acc"] == b["test_acc"] and a["test_acc_avg_model"] == b["test_acc_avg_model"], where
+    for key in ("train_loss", "consensus_distance"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-12), (where, key)
+    if a["interference_rel"] is not None:  # from float64 Grams: resolved to ~1e-8 of the products
+        assert b["interference_rel"] == pytest.approx(a["interference_rel"], rel=1e-5, abs=1e-7), where
+    assert a["bytes"] == b["bytes"], where
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_processes_give_the_single_process_results(task, tmp_path, case):
     spec = dict(CASES[case])
@@ -172,12 +183,7 @@ def test_processes_give_the_single_process_results(task, tmp_path, case):
         one, dist = _rounds(tmp_path / "one", alg), _rounds(tmp_path / "dist", alg)
         assert [r["processes"] for r in dist] == [nproc] * 3
         for a, b in zip(one, dist):
-            assert a["test_acc"] == b["test_acc"] and a["test_acc_avg_model"] == b["test_acc_avg_model"], alg
-            for key in ("train_loss", "consensus_distance"):
-                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-12), (alg, key)
-            if a["interference_rel"] is not None:  # from float64 Grams: resolved to ~1e-8 of the products
-                assert b["interference_rel"] == pytest.approx(a["interference_rel"], rel=1e-5, abs=1e-7), alg
-            assert a["bytes"] == b["bytes"]
+            _same_round(a, b)
         fa, fb = _agents(tmp_path / "one", alg), _agents(tmp_path / "dist", alg)
         assert sorted(fa) == sorted(fb) == list(range(spec["agents"]))
         for agent in fa:
@@ -185,6 +191,12 @@ def test_processes_give_the_single_process_results(task, tmp_path, case):
                 assert float((x - y).norm()) <= 1e-5 * float(x.norm()) + 1e-12, (alg, agent)
         if case == "2-per-process-static-ring" and alg == "dlora":
             payload = dist[0]["bytes"] // 8  # 8 directed ring edges, one agent's payload each
+    if case == "2-per-process-static-ring":
+        # checkpoints hold per-agent state: one process resumes what two wrote, and continues like the one
+        for where in ("one", "dist"):
+            Trainer(_config(task, out_dir=str(tmp_path / where), algorithm="decaf", rounds=4, **spec),
+                    log=lambda *_: None).run(resume=True)
+        _same_round(_rounds(tmp_path / "one", "decaf")[3], _rounds(tmp_path / "dist", "decaf")[3])
     if payload is not None:
         # measured: each process sends its 2 agents to the other once per round, in one buffer
         assert [r["bytes_wire"] for r in _rounds(tmp_path / "dist", "dlora")] == [4 * payload] * 3
