@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 

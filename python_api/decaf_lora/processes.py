@@ -105,7 +105,7 @@ class Group:
             who = f"process(es) {sorted(peers)}" if peers else "a peer process"
             raise PeerError(f"rank {self.rank}: {what} with {who} failed or timed out after {self.timeout:g} s: a peer "
                             f"died, hangs, or left the run ({str(exc).splitlines()[0][:200]}). Every process stops "
-                            "here; the run resumes from its last committed checkpoint (torchrun --max-restarts, or "
+                            "here; restart from the last checkpoint (decaf train: torchrun --max-restarts K, or "
                             "--resume)") from exc
 
     # ---------------------------------------------------------------------------------------------- collectives
