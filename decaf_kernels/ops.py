@@ -93,7 +93,7 @@ def consensus_tsvd(
     return_singular_values: bool = False,
     validate: bool = True,
 ):
-    r"""DeCAF consensus step: best rank-``rank`` factors of every agent's mixed LoRA product.
+    r"""DeCAF consensus step: best rank-``rank`` factors of every output's mixed LoRA product.
 
     .. math:: B'_o A'_o = \operatorname{TSVD}_{rank}\big(M_o\big),\qquad M_o = \sum_j W_{oj} B_j A_j
 
@@ -101,16 +101,16 @@ def consensus_tsvd(
     and a rectangular W computes only some outputs (a process hosting a block of agents passes its rows of W and
     the factors of the agents those rows use).
 
-    The d x k matrices M_i are never formed. "exact" computes float64 Gram blocks of the neighbours' factors
+    The d x k matrices M_o are never formed. "exact" computes float64 Gram blocks of the neighbours' factors
     (one pass over B and A; fp32 data squared in fp64 is exact), solves the (deg r) x (deg r) core with a
     rank-revealing pivoted Cholesky and an SVD, and rebuilds the factors with one pass that reads only output o's
     neighbours (zeros of W are skipped; outputs with identical rows of W are solved once). It is exact up to
     rounding for any input, including zero, duplicate, ill-conditioned and extreme-magnitude factors: fp32, bf16
     and fp16 results are optimal to fp32 rounding; float64 on the CPU replaces the Grams by Householder QR of the
     stacked factors and a LAPACK SVD of the core, for LAPACK-level accuracy on spectra of any width (2-4x
-    the Gram route's time); float64 on CUDA still uses Grams, which resolve directions of M_i down to about
-    1e-8 of the largest. "randomized" sketches M_i in factored form (Halko et al. 2011) with
-    ``rank + oversample`` columns and ``power_iters`` power iterations: near-optimal where M_i's spectrum has a
+    the Gram route's time); float64 on CUDA still uses Grams, which resolve directions of M_o down to about
+    1e-8 of the largest. "randomized" sketches M_o in factored form (Halko et al. 2011) with
+    ``rank + oversample`` columns and ``power_iters`` power iterations: near-optimal where M_o's spectrum has a
     gap after ``rank`` (agents near consensus), approximate where it does not.
 
     Args:
@@ -119,8 +119,9 @@ def consensus_tsvd(
         W: (n_out, N): row o = the weights output o gives the N input agents; square (N, N) is the usual gossip
             step. Rows must sum to 1 (W need not be symmetric; a column may be all zero: an input no output uses).
             Any floating dtype; used in float64. Dense or sparse (COO/CSR, densified).
-            On B's device or on the CPU: the neighbour lists are built on the host (cached by W's values), so a
-            CPU W saves a device-to-host copy per call with GPU factors, and is required inside CUDA-graph capture.
+            On B's device or on the CPU: the neighbour lists are built on the host (cached by W's values and
+            shape), so a CPU W saves a device-to-host copy per call with GPU factors, and is required inside
+            CUDA-graph capture.
         rank: rank of the result, an int (numpy integers accepted), 1 <= rank <= min(d, k); defaults to r.
             Directions beyond the numerical rank of M_o come back as zero columns of B' / rows of A'.
         method: "exact", "randomized", or "auto" (the default): exact, unless the CPU cost model measured by
