@@ -462,6 +462,20 @@ def test_rows_must_sum_to_one_when_validating(monkeypatch):
     assert dk.consensus_tsvd(B, A, W, validate=False)[0].shape == (3, 2, 12, 3)
 
 
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_an_unused_agent_is_still_checked_for_finiteness(method):
+    """validate=True checks every input: an agent no row of W uses is in no Gram block and is scanned on its own."""
+    gen = torch.Generator().manual_seed(3)
+    B, A = factors(gen, 4, (2,), 12, 10, 3, torch.float32)
+    W = with_zero_column(stochastic(gen, 2, 3), 1)
+    for target, name in ((B, "B"), (A, "A")):
+        target[1, 1, 2, 0] = float("nan")
+        with pytest.raises(ValueError, match=rf"{name} must be finite, found nan at index \(1, 1, 2, 0\)"):
+            dk.consensus_tsvd(B, A, W, method=method)
+        target[1, 1, 2, 0] = 0.0
+    assert dk.consensus_tsvd(B, A, W, method=method)[0].shape == (2, 2, 12, 3)
+
+
 # ------------------------------------------------------------------------------------- Triton kernels on the CPU
 
 
