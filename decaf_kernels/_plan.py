@@ -51,7 +51,7 @@ def not_while_capturing(dev: torch.device) -> None:
 
 
 def plan(W: torch.Tensor, dev: torch.device, r: int, alpha: float) -> Plan:
-    """The plan of mixing matrix W, (n_out, N), for factors of rank r on device dev (cached by W's values)."""
+    """The plan of mixing matrix W, (n_out, N), for factors of rank r on device dev (cached by W's values and shape)."""
     Wc = W.detach().to("cpu", torch.float64).contiguous()
     # the full shape: the same bytes read as (2, 6) or (3, 4) are different matrices
     key = (Wc.numpy().tobytes(), tuple(Wc.shape), str(dev), r, float(alpha))
