@@ -41,6 +41,7 @@ from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
 from .models import EXPORT_INFO, build_lora_classifier, pick_device, write_export_info
+from .peer import frozen_digest
 from .processes import Group, Placement, join
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
@@ -113,7 +114,7 @@ class Trainer:
         self.model = build_lora_classifier(c.model, len(self.exp.label_names), rank=c.rank, lora_alpha=c.lora_alpha,
                                            target_modules=c.target_modules, lora_dropout=c.lora_dropout,
                                            use_rslora=c.rslora, seed=c.seed).to(self.device)
-        self.group.check_same({"data": self.exp.fingerprint(), "model": _model_fingerprint(self.model),
+        self.group.check_same({"data": self.exp.fingerprint(), "model": frozen_digest(self.model),
                                "versions": _versions()}, "data, model or library versions")
         self.local = self.placement.local
         self.stacks = AgentStacks(self.model, len(self.local), device=self.device)
@@ -493,18 +494,6 @@ def _eval_record(parts: List[dict]) -> dict:
     acc_avg = next(p["acc_avg"] for p in parts if "acc_avg" in p)
     return {"test_acc_mean": sum(accs) / len(accs), "test_acc_min": min(accs), "test_acc_max": max(accs),
             "test_loss_mean": sum(losses) / len(losses), "test_acc_avg_model": acc_avg, "test_acc": accs}
-
-
-def _model_fingerprint(model: torch.nn.Module) -> str:
-    """A digest of every parameter's shape and sum (frozen and trainable, after the seeded init): processes that
-    loaded different models or initialised them differently disagree on it."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            h.update(f"{name}{tuple(p.shape)}{float(p.double().sum()):.10e}".encode())
-    return h.hexdigest()[:16]
 
 
 def _is_export(path: Path) -> bool:
