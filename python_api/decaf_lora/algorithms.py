@@ -252,7 +252,8 @@ class FedAvg(DLoRA):
         with torch.no_grad():
             t0 = time.perf_counter()
             # the interference needs every agent's factors: one process has them, several gather them for it
-            full, out.bytes_diagnostic = exchange.gather_all(tensors, "the all_gather of the interference")
+            full, out.bytes_diagnostic = exchange.gather_all(tensors, "the all_gather of the interference",
+                                                             native=True)
             out.interference = self._interference(stacks, full, W[list(exchange.placement.local)])
             t1 = time.perf_counter()
             means, out.bytes_wire = exchange.mean_all(tensors)

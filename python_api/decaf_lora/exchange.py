@@ -15,7 +15,8 @@ Server algorithms use collectives instead: :meth:`Exchange.gather_all` (all_gath
 every process, for exact_avg) and :meth:`Exchange.mean_all` (all_reduce: the agents' mean, for fedavg).
 
 Bytes are counted as they leave this process: the exact size of each point-to-point buffer; for a collective, what
-its ring algorithm sends per process ((P-1) buffers for all_gather, 2(P-1)/P of the buffer for all_reduce).
+its ring algorithm sends per process ((P-1) buffers for all_gather, 2(P-1)/P of the buffer for all_reduce, one
+buffer from each rank but 0 for a gather to rank 0).
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ class Exchange:
 
     # ------------------------------------------------------------------------------------------------ packing
     def _wire(self, tensors: Sequence[Tensor]) -> torch.dtype:
-        if self.wire_dtype is not None:
-            return self.wire_dtype
+        return self.wire_dtype if self.wire_dtype is not None else self._wire_native(tensors)
+
+    @staticmethod
+    def _wire_native(tensors: Sequence[Tensor]) -> torch.dtype:
         dtypes = {t.dtype for t in tensors}
         if len(dtypes) != 1:
             raise ValueError(f"the exchanged tensors have several dtypes {sorted(map(str, dtypes))}; pass wire_dtype")
@@ -164,16 +167,25 @@ class Exchange:
         return Received(rt, inputs, sent)
 
     # ------------------------------------------------------------------------------------------------ server
-    def gather_all(self, tensors: Sequence[Tensor], what: str = "all_gather") -> tuple[List[Tensor], int]:
-        """Every agent's stacks ``(N, *shape)`` on every process, and the bytes this process sent."""
+    def gather_all(self, tensors: Sequence[Tensor], what: str = "all_gather", *, to_main: bool = False,
+                   native: bool = False) -> tuple[Optional[List[Tensor]], int]:
+        """Every agent's stacks ``(N, *shape)`` on every process (all_gather), or with ``to_main`` on rank 0 only
+        (gather; None elsewhere), and the bytes this process sent. ``native``: in the tensors' own dtype whatever
+        the wire dtype (for metrics, which must not see the wire's rounding)."""
         if not self.group.distributed:
             return [t for t in tensors], 0
-        wire = self._wire(tensors)
+        wire = self._wire_native(tensors) if native else self._wire(tensors)
         buf = self._pack(tensors, list(self.placement.local), wire)
-        rows = self.group.all_gather(buf, what)  # (P, numel)
-        N = self.placement.n_agents
-        full = self._unpack(rows.reshape(-1), tensors, N)
-        return full, (self.group.world - 1) * buf.numel() * buf.element_size()
+        size = buf.numel() * buf.element_size()
+        if to_main:
+            rows = self.group.gather(buf, what)
+            sent = size if self.group.rank != 0 else 0
+        else:
+            rows = self.group.all_gather(buf, what)  # (P, numel)
+            sent = (self.group.world - 1) * size
+        if rows is None:
+            return None, sent
+        return self._unpack(rows.reshape(-1), tensors, self.placement.n_agents), sent
 
     def mean_all(self, tensors: Sequence[Tensor]) -> tuple[List[Tensor], int]:
         """The mean over all N agents of each stack (shape ``(1, *shape)``), and the bytes this process sent."""

@@ -127,6 +127,17 @@ class Group:
         self.wait([dist.all_gather(out, src, group=self.pg, async_op=True)], what)
         return torch.stack(out).to(t.device)
 
+    def gather(self, t: torch.Tensor, what: str) -> Optional[torch.Tensor]:
+        """(P, *t.shape) on rank 0 (every process's ``t``, equal shapes, in rank order); None elsewhere."""
+        if not self.distributed:
+            return t.unsqueeze(0)
+        import torch.distributed as dist
+
+        src = t.to(self.device).contiguous()
+        out = [torch.empty_like(src) for _ in range(self.world)] if self.rank == 0 else None
+        self.wait([dist.gather(src, out, dst=0, group=self.pg, async_op=True)], what)
+        return torch.stack(out).to(t.device) if out is not None else None
+
     def all_reduce_sum(self, t: torch.Tensor, what: str) -> torch.Tensor:
         if not self.distributed:
             return t.clone()

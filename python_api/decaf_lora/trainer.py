@@ -51,7 +51,7 @@ __all__ = ["Experiment", "RunResult", "Trainer", "compare", "summarise", "check_
            "atomic_write_bytes", "CHECKPOINT_FORMAT"]
 
 # what a process measures per round (seconds), reported as the maximum over processes
-TIMES = ("time_local", "time_comm", "time_consensus", "time_eval")
+TIMES = ("time_local", "time_wait", "time_comm", "time_consensus", "time_eval")
 
 
 def _versions() -> dict:
@@ -198,12 +198,16 @@ class Trainer:
                 opt.state.pop(p, None)
 
     # ------------------------------------------------------------------------------------------------ all agents
-    def all_agents(self):
+    def all_agents(self, *, to_main: bool = False):
         """Every agent's factors per group ``(B (N, L, d, r), A (N, L, r, k))`` and dense parameters ``(N, ...)``,
-        on every process (an all_gather when the agents are spread), and the bytes this process sent for it.
-        Every process must call it."""
+        on every process (an all_gather when the agents are spread; with ``to_main`` a gather to rank 0, and
+        ``(None, None, sent)`` elsewhere), in full precision, and the bytes this process sent for it. Every process
+        must call it."""
         tensors = [t for g in self.stacks.groups for t in (g.B, g.A)] + list(self.stacks.dense.values())
-        full, sent = self.exchange.gather_all(tensors, "the all_gather of every agent (metrics, evaluation)")
+        full, sent = self.exchange.gather_all(tensors, "gathering every agent (metrics, evaluation)", native=True,
+                                              to_main=to_main)
+        if full is None:
+            return None, None, sent
         n = 2 * len(self.stacks.groups)
         factors = [(full[2 * i], full[2 * i + 1]) for i in range(len(self.stacks.groups))]
         return factors, dict(zip(self.stacks.dense, full[n:])), sent
@@ -283,7 +287,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Test accuracy and loss of every agent, and of the averaged model (every process must call it; the
         values are complete on rank 0)."""
-        parts = self.group.all_gather_object(self._evaluate_local(self.all_agents()), "gathering the evaluation")
+        parts = self.group.all_gather_object(self._evaluate_local(self.all_agents(to_main=True)),
+                                             "gathering the evaluation")
         return _eval_record(parts)
 
     # ------------------------------------------------------------------------------------------------ the loop
@@ -298,15 +303,20 @@ class Trainer:
                 losses.extend(self._local_steps(slot))
         t1 = time.perf_counter()
         W = self.algorithm.mixing(self.exp.topology, self.round)
+        if W is not None and self.group.distributed:
+            # the exchange would otherwise time the wait for the slowest process's local steps as communication
+            self.group.barrier("waiting for every process's local steps")
+        t_wait = time.perf_counter() - t1
         traffic = self.algorithm.communicate(self.stacks, W, self.exchange) if W is not None else RoundTraffic()
         if W is not None and self.algorithm.refactorizes and c.moments == "reset":
             self._reset_factor_moments()
         self.round += 1
-        everyone = self.all_agents()
+        everyone = self.all_agents(to_main=True)
         mine = {"loss": losses, "bytes_wire": traffic.bytes_wire,
                 "bytes_diagnostic": traffic.bytes_diagnostic + everyone[2],
                 "interference": None if traffic.interference is None else traffic.interference.tolist(),
-                "time_local": t1 - t0, "time_comm": traffic.t_comm, "time_consensus": traffic.t_consensus}
+                "time_local": t1 - t0, "time_wait": t_wait, "time_comm": traffic.t_comm,
+                "time_consensus": traffic.t_consensus}
         t2 = time.perf_counter()
         evaluated = self.round % c.eval_every == 0 or self.round == c.rounds
         if evaluated:
