@@ -6,8 +6,8 @@ rendezvous on a free local port) in its own session and killed with its session 
 ``train``     ``decaf train`` of each ``--algorithms`` on the built-in task (8 agents, ring) with P = ``--procs``
               processes (P = 1: plain ``python -m decaf_lora train``; P > 1: ``torchrun``), ``--rounds`` rounds
               with one evaluation at the last. Per P: the medians over rounds of the log's ``time_local``,
-              ``time_comm``, ``time_consensus`` (max over processes) and of the round's wall time, the bytes per
-              round (modelled: one message per nonzero off-diagonal W_ij; measured ``bytes_wire``; the metrics'
+              ``time_wait``, ``time_comm``, ``time_consensus`` (max over processes) and of the round's wall time,
+              the bytes per round (modelled: one message per nonzero off-diagonal W_ij; measured ``bytes_wire``; the metrics'
               ``bytes_diagnostic``), and the wire bytes and messages that the routing of
               :func:`decaf_lora.exchange.routes` predicts for this W and placement (checked against the log).
 ``exchange``  2 processes under torchrun (this module with ``--worker``) exchange one payload per repetition:
@@ -179,7 +179,7 @@ def train_one(args, algorithm: str, P: int, out_dir: Path) -> dict:
     recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     rounds = [r for r in recs if r.get("event") == "round"]
     raw(f"# {algorithm} P={P}: {len(rounds)} round records from {log}")
-    keep = ("round", "processes", "bytes", "bytes_wire", "bytes_diagnostic", "time_local", "time_comm",
+    keep = ("round", "processes", "bytes", "bytes_wire", "bytes_diagnostic", "time_local", "time_wait", "time_comm",
             "time_consensus", "time_eval", "wall_time", "train_loss", "test_acc_mean")
     for r in rounds:
         raw(json.dumps({k: r.get(k) for k in keep}))
@@ -190,7 +190,8 @@ def train_one(args, algorithm: str, P: int, out_dir: Path) -> dict:
     per_round = [b - a for a, b in zip([0.0] + walls[:-1], walls)]
     med = lambda k: statistics.median(r[k] for r in rounds)  # noqa: E731
     return {"algorithm": algorithm, "P": P, "threads": threads, "elapsed": elapsed,
-            "local": med("time_local"), "comm": med("time_comm"), "consensus": med("time_consensus"),
+            "local": med("time_local"), "wait": med("time_wait"), "comm": med("time_comm"),
+            "consensus": med("time_consensus"),
             "round": statistics.median(per_round), "eval_last": rounds[-1]["time_eval"],
             "bytes": med("bytes"), "wire": med("bytes_wire"), "diag": med("bytes_diagnostic"),
             "wire_set": sorted({r["bytes_wire"] for r in rounds}), "acc": rounds[-1].get("test_acc_mean")}
@@ -216,11 +217,11 @@ def part_train(args) -> None:
                 rows.append(res)
     emit(f"\n### Per round, medians over {args.rounds} rounds ({args.agents} agents, {args.graph}, "
          f"{args.comm_every} local steps per agent per round; the last round evaluates)\n")
-    emit(table(["algorithm", "P", "agents / process", "threads / process", "local (s)", "comm (ms)",
+    emit(table(["algorithm", "P", "agents / process", "threads / process", "local (s)", "wait (ms)", "comm (ms)",
                 "consensus (ms)", "round (s)", "eval, last round (s)", "bytes (modelled)", "bytes_wire (measured)",
                 "messages (routing)", "wire = routing?", "bytes_diagnostic"],
                [[r["algorithm"], r["P"], args.agents // r["P"], r["threads"], f"{r['local']:.2f}",
-                 f"{1e3 * r['comm']:.1f}", f"{1e3 * r['consensus']:.1f}", f"{r['round']:.2f}", f"{r['eval_last']:.1f}",
+                 f"{1e3 * r['wait']:.1f}", f"{1e3 * r['comm']:.1f}", f"{1e3 * r['consensus']:.1f}", f"{r['round']:.2f}", f"{r['eval_last']:.1f}",
                  f"{r['bytes']:,.0f}", f"{r['wire']:,.0f}", r["msgs"], r["check"], f"{r['diag']:,.0f}"]
                 for r in rows], right_from=1))
     if rows:
