@@ -12,9 +12,6 @@ import os
 import random
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ if not torch.distributed.is_available():  # pragma: no cover - every supported b
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _torchrun import finish, torchrun  # noqa: E402
 from decaf_lora import TrainConfig  # noqa: E402
 from decaf_lora.checkpoints import read_agents  # noqa: E402
 from decaf_lora.exchange import routes  # noqa: E402
@@ -84,37 +82,6 @@ def _config(task: Path, **kw) -> TrainConfig:
                 lora_dropout=0.1, checkpoint_every=2, progress=False)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(nproc: int, script: list, *, timeout: float, extra: tuple = (), wait: bool = True):
-    """torchrun on 127.0.0.1 (the store and gloo's sockets on the loopback interface) in its own process group."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", *extra, *script]
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    if not wait:
-        return proc
-    return _finish(proc, timeout)
-
-
-def _finish(proc: subprocess.Popen, timeout: float):
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within {timeout} s; its output:\n{out[-3000:]}")
-    finally:
-        if proc.poll() is None:  # pragma: no cover - only when the test itself fails mid-wait
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, out
 
 
 def _rounds(out_dir: Path, algorithm: str) -> list:
@@ -174,7 +141,7 @@ def _same_round(a: dict, b: dict) -> None:
 def test_processes_give_the_single_process_results(task, tmp_path, case):
     spec = dict(CASES[case])
     nproc = spec.pop("nproc")
-    rc, out = _torchrun(nproc, ["-m", "decaf_lora", "compare", "--algorithms", ",".join(ALL),
+    rc, out = torchrun(nproc, ["-m", "decaf_lora", "compare", "--algorithms", ",".join(ALL),
                                 *_flags(task, out_dir=tmp_path / "dist", **spec)], timeout=120)
     assert rc == 0, out[-3000:]
     compare(_config(task, out_dir=str(tmp_path / "one"), **spec), ALL, log=lambda *_: None)
@@ -227,7 +194,7 @@ def _workers(parent: int) -> dict:
 def test_a_killed_process_resumes_through_torchrun_restart(task, tmp_path):
     flags = _flags(task, out_dir=tmp_path / "killed", algorithm="decaf", rounds=40, checkpoint_every=4,
                    eval_every=4)
-    proc = _torchrun(2, ["-m", "decaf_lora", "train", "--export", "none", *flags], timeout=0,
+    proc = torchrun(2, ["-m", "decaf_lora", "train", "--export", "none", *flags], timeout=0,
                      extra=("--max-restarts", "1"), wait=False)
     try:
         log = tmp_path / "killed" / "decaf" / "log.jsonl"
@@ -242,10 +209,10 @@ def test_a_killed_process_resumes_through_torchrun_restart(task, tmp_path):
         killed_at = len(_rounds(tmp_path / "killed", "decaf"))
         assert killed_at < 40, "the run ended before the kill: make it longer"
     finally:
-        rc, out = _finish(proc, 120)
+        rc, out = finish(proc, 120)
     assert rc == 0, out[-3000:]
     assert re.search(r"decaf: resumed from \S+checkpoint.pt at round (4|8|12|16|20)\b", out), out[-3000:]
-    rc, ref_out = _torchrun(2, ["-m", "decaf_lora", "train", "--export", "none",
+    rc, ref_out = torchrun(2, ["-m", "decaf_lora", "train", "--export", "none",
                                 *_flags(task, out_dir=tmp_path / "whole", algorithm="decaf", rounds=40,
                                         checkpoint_every=4, eval_every=4)], timeout=120)
     assert rc == 0, ref_out[-3000:]
@@ -270,12 +237,12 @@ sys.exit(cli.main([a for a in args if a not in ("--mismatch", "--hang")]))
 def test_mismatched_settings_stop_every_rank_before_training(task, tmp_path):
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
-    rc, out = _torchrun(2, [str(script), "train", "--mismatch", *_flags(task, out_dir=tmp_path / "m")], timeout=90)
+    rc, out = torchrun(2, [str(script), "train", "--mismatch", *_flags(task, out_dir=tmp_path / "m")], timeout=90)
     assert rc != 0
     msg = "the processes of this run were started with different settings (lr: rank 0 0.005, rank 1 0.01)"
     assert out.count(msg) == 2, out[-3000:]
     assert not (tmp_path / "m" / "decaf" / "log.jsonl").exists()
-    rc, out = _torchrun(2, ["-m", "decaf_lora", "train", *_flags(task, out_dir=tmp_path / "u", agents=3)],
+    rc, out = torchrun(2, ["-m", "decaf_lora", "train", *_flags(task, out_dir=tmp_path / "u", agents=3)],
                         timeout=90)
     assert rc != 0 and out.count("3 agents cannot be spread over 2 processes") == 2, out[-3000:]
 
@@ -284,7 +251,7 @@ def test_a_hung_peer_stops_the_run_within_the_timeout(task, tmp_path):
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
     t0 = time.monotonic()
-    rc, out = _torchrun(2, [str(script), "train", "--hang", *_flags(task, out_dir=tmp_path / "h", dist_timeout=4)],
+    rc, out = torchrun(2, [str(script), "train", "--hang", *_flags(task, out_dir=tmp_path / "h", dist_timeout=4)],
                         timeout=90)
     assert rc != 0
     assert "decaf: error: rank 0: waiting for every process's local steps with a peer process failed or timed out " \

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +27,7 @@ if not torch.distributed.is_available():  # pragma: no cover - every supported b
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _torchrun import torchrun  # noqa: E402
 from decaf_lora.peer import DecentralizedLoRA, frozen_digest  # noqa: E402
 from decaf_lora.topology import Topology  # noqa: E402
 
@@ -207,39 +206,12 @@ except PeerError as exc:
 SCENARIOS = ("mismatch", "unseeded", "procrustes", "reset", "refused", "trainer", "hang")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(args: list, cwd: Path, timeout: float) -> str:
-    """torchrun of 2 processes on 127.0.0.1 (the store and gloo's sockets on the loopback interface), in its own
-    process group, killed with it on overrun; returns the output."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--monitor-interval", "0.2",
-           *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=cwd, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within {timeout} s; its output:\n{out[-4000:]}")
-    finally:
-        if proc.poll() is None:  # pragma: no cover - only when the test itself fails mid-wait
-            os.killpg(proc.pid, signal.SIGKILL)
-    return out
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """Runs the worker on 2 processes; returns {scenario: [rank 0's result, rank 1's result]} and the output."""
     root = tmp_path_factory.mktemp("peer")
     (root / "worker.py").write_text(WORKER)
-    out = _torchrun([root / "worker.py", root, HANG_TIMEOUT], root, timeout=150)
+    _, out = torchrun(2, [root / "worker.py", root, HANG_TIMEOUT], cwd=root, timeout=150)
     results = {}
     for name in SCENARIOS:
         ranks = [root / f"{name}-rank{r}.pt" for r in (0, 1)]
@@ -504,7 +476,7 @@ def test_a_hung_peer_raises_peer_error_within_the_timeout(two_processes):
 def test_the_example_runs_on_two_processes(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer_decaf.py"
     assert len(example.read_text().splitlines()) < 40
-    out = _torchrun([example], tmp_path, timeout=120)
+    _, out = torchrun(2, [example], cwd=tmp_path, timeout=120)
     done = re.findall(r"rank (\d): last logged loss ([\d.]+), 12 DeCAF rounds, 52320 bytes sent", out)
     assert sorted(r for r, _ in done) == ["0", "1"], out[-3000:]
     assert all(float(loss) < 0.6 for _, loss in done), done  # it learns: ln 2 = 0.693 is chance
