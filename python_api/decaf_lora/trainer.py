@@ -233,13 +233,6 @@ class Trainer:
         return {"consensus_distance": dist,
                 "consensus_distance_rel": dist / math.sqrt(sq_mean) if sq_mean > 0 else None}
 
-    def interference(self, W: torch.Tensor) -> float:
-        """Mean over agents and layers of DLoRA's relative interference under W on the current factors (one
-        process alone)."""
-        vals = [decaf_kernels.interference(sB, A, W.to(sB.device), relative=True).flatten()
-                for sB, A in self._scaled([(g.B, g.A) for g in self.stacks.groups])]
-        return float(torch.cat(vals).mean())
-
     def averaged_adapter(self, everyone=None):
         """Per group the rank-r truncated SVD of the agents' mean product (slot 0 of an all-to-all consensus),
         and the mean of the dense parameters: the model that ``test_acc_avg_model`` evaluates and that
