@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from ._checks import check_choice, is_real, shown
-from .names import (ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS, GRAPHS,
-                    MOMENT_POLICIES, PARTITIONS, SPLITS, TIME_VARYING, WEIGHTS, WIRE_DTYPES)
+from .names import (ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS, GRAPHS, HEADS,
+                    MOMENT_POLICIES, PARTITION_AUTO, PARTITIONS, REPORT_TO, SPLITS, TASKS, TIME_VARYING, WEIGHTS,
+                    WIRE_DTYPES)
 
 
 @dataclass
@@ -33,7 +34,9 @@ class TrainConfig:
     # what to train
     algorithm: str = "decaf"
     algorithms: List[str] = field(default_factory=lambda: ["decaf", "dlora", "local", "fedavg"])  # for compare
-    model: str = BUILTIN_MODEL
+    task: str = "classification"  # or "causal_lm"
+    model: str = BUILTIN_MODEL  # the built-in name, a local transformers folder, or a Hub id in the local cache
+    head: str = "auto"  # classification: mean_pooling (built-in default) or sequence_classification (Auto class)
     target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
     rank: int = 8
     lora_alpha: float = 16.0
@@ -45,11 +48,13 @@ class TrainConfig:
     wordnet_path: str = DEFAULT_WORDNET_NOUNS
     text_column: str = "text"
     label_column: str = "label"
+    prompt_column: Optional[str] = None  # causal_lm: the prompt (masked out of the loss) ...
+    completion_column: Optional[str] = None  # ... and the completion the model learns; else text_column
     train_size: int = 2000  # built-in task: examples picked class-balanced for training ...
     test_size: int = 260  # ... and for the test set (10 per class)
     test_fraction: float = 0.2
     max_length: int = 32
-    partition: str = "dirichlet"
+    partition: str = PARTITION_AUTO  # dirichlet for the built-in task, iid for user data
     dirichlet_alpha: float = 0.5
     shards_per_agent: int = 2
     # agents and graph
@@ -78,13 +83,14 @@ class TrainConfig:
     out_dir: str = "runs/decaf"
     checkpoint_every: int = 10
     progress: bool = True
+    report_to: List[str] = field(default_factory=lambda: ["csv"])  # csv, tensorboard and/or none
     # several processes (torchrun): see decaf_lora.processes
     dist_timeout: float = 300.0  # seconds a process waits for a peer before the run stops with an error
     wire_dtype: str = "float32"  # dtype of the parameters sent between processes ("bfloat16" halves the bytes)
 
     # Fields that do not change what a run computes: a checkpoint may be resumed with other values of these.
     NOT_HASHED = ("algorithms", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size", "device",
-                  "dist_timeout")
+                  "dist_timeout", "report_to")
 
     def __post_init__(self):
         self.validate()
@@ -101,6 +107,23 @@ class TrainConfig:
         values = {name: _normalise(name, getattr(self, name)) for name in config_fields()}
         if values["graph"] == "custom" and not values["adjacency"]:
             raise ValueError("graph='custom' needs adjacency=<file with a 0/1 matrix>")
+        if values["partition"] == PARTITION_AUTO:
+            # the built-in task keeps its non-IID setting; a user's data is split IID unless asked otherwise
+            values["partition"] = "dirichlet" if values["data"] == DATA_BUILTIN else "iid"
+        if (values["prompt_column"] is None) != (values["completion_column"] is None):
+            raise ValueError("prompt_column and completion_column go together: give both (causal_lm on "
+                             "prompt/completion pairs) or neither")
+        if values["prompt_column"] is not None and values["task"] != "causal_lm":
+            raise ValueError("prompt_column/completion_column are for task='causal_lm'")
+        if values["task"] == "causal_lm":
+            if values["data"] == DATA_BUILTIN:
+                raise ValueError("task='causal_lm' needs your own data (data=<file>): the built-in WordNet task is "
+                                 "classification")
+            if values["partition"] != "iid":
+                raise ValueError(f"partition={values['partition']!r} splits by class label; causal_lm data have "
+                                 "no labels: use partition='iid'")
+            if values["head"] != "auto":
+                raise ValueError(f"head={values['head']!r} is for task='classification'")
         for name, value in values.items():
             setattr(self, name, value)
 
@@ -141,11 +164,13 @@ _FLOATS = {"lora_alpha": (0.0, False, math.inf, False), "lora_dropout": (0.0, Tr
            "dist_timeout": (0.0, False, math.inf, False)}
 _INT_NOTES = {"agents": " (a decentralised run needs two agents)", "length_grouping": " (0 or 1: off)",
               "checkpoint_every": " (0: no checkpoints)"}
+_LIST_ITEM = {"algorithms": "algorithm", "report_to": "destination (or 'none')"}
 _DEVICE = re.compile(r"(cpu|cuda(:\d+)?|auto)")
 _CHOICES = {"algorithm": ALGORITHMS, "moments": MOMENT_POLICIES, "split": SPLITS,
-            "consensus_method": CONSENSUS_METHODS, "partition": PARTITIONS,
+            "consensus_method": CONSENSUS_METHODS,
             "graph": GRAPHS + ("custom",), "weights": WEIGHTS, "time_varying": TIME_VARYING,
-            "wire_dtype": WIRE_DTYPES}
+            "wire_dtype": WIRE_DTYPES, "task": TASKS, "head": HEADS,
+            "partition": PARTITIONS + (PARTITION_AUTO,)}
 
 
 def _number(name: str, value: Any, expected: str) -> float | int:
@@ -201,8 +226,14 @@ def _normalise(name: str, value: Any) -> Any:
             raise TypeError(f"{name} must be a list of names or a comma-separated string, got {shown(value)}")
         items = [v.strip() for v in value if v.strip()]
         if not items:
-            raise ValueError(f"{name} must name at least one {'algorithm' if name == 'algorithms' else 'module'}, "
+            raise ValueError(f"{name} must name at least one {_LIST_ITEM.get(name, 'module')}, "
                              f"got {value!r}")
+        if name == "report_to":
+            for a in items:
+                if a not in REPORT_TO:
+                    raise ValueError(f"unknown report_to {a!r}; expected a comma-separated list of {REPORT_TO}")
+            if "none" in items and len(items) > 1:
+                raise ValueError(f"report_to 'none' cannot be combined with others, got {items}")
         if name == "algorithms":
             for a in items:
                 if a not in ALGORITHMS:

@@ -47,3 +47,18 @@ TIME_VARYING = (None, "matching", "one_peer_exp")
 WIRE_DTYPES = ("float32", "bfloat16")
 """The dtypes parameters may travel in between processes (bfloat16 halves the bytes; its rounding changes
 results)."""
+
+TASKS = ("classification", "causal_lm")
+"""What a run trains: a text classifier (labels) or a causal language model (next-token loss on a text column, or
+on prompt/completion columns with the prompt masked)."""
+
+HEADS = ("auto", "mean_pooling", "sequence_classification")
+"""The classifier of ``task="classification"``: "mean_pooling" (the encoder mean-pooled over the attention mask,
+then a linear head: the built-in demo's), "sequence_classification" (``AutoModelForSequenceClassification``'s own
+head, for any encoder or decoder), "auto" (mean pooling for the built-in model, the Auto class otherwise)."""
+
+PARTITION_AUTO = "auto"
+"""The default ``partition``: Dirichlet label skew for the built-in task (its non-IID setting), IID for user data."""
+
+REPORT_TO = ("csv", "tensorboard", "none")
+"""Where a run reports its per-round metrics besides the log (like transformers' ``report_to``)."""
