@@ -21,7 +21,8 @@ from decaf_lora import TrainConfig, Trainer, algorithms as ALG  # noqa: E402
 from decaf_lora import cli  # noqa: E402
 from decaf_lora.adapters import AgentStacks  # noqa: E402
 from decaf_lora.graphs import Topology, mixing_matrix  # noqa: E402
-from decaf_lora.models import BUILTIN_MODEL, build_lora_classifier, load_exported, load_tokenizer  # noqa: E402
+from decaf_lora.exports import load_exported  # noqa: E402
+from decaf_lora.models import BUILTIN_MODEL, build_lora_classifier, load_tokenizer  # noqa: E402
 from decaf_lora.trainer import Experiment, compare  # noqa: E402
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
@@ -68,7 +69,7 @@ def tiny_config(tiny_model, tiny_csv, tmp_path, **kw) -> TrainConfig:
     base = dict(model=tiny_model, data=tiny_csv, agents=4, graph="ring", rank=4, lora_alpha=8.0, rounds=3,
                 comm_every=2, batch_size=8, lr=5e-3, eval_every=1, max_length=16, partition="dirichlet",
                 dirichlet_alpha=0.5, out_dir=str(tmp_path / "runs"), progress=False, checkpoint_every=0,
-                target_modules=["query", "value", "dense"])
+                target_modules=["query", "value", "dense"], head="mean_pooling")
     base.update(kw)
     return TrainConfig(**base)
 

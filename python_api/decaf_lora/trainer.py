@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 import decaf_kernels
 
@@ -40,9 +39,11 @@ from .checkpoints import SHARDS, agent_state, read_agents, remove_unreferenced, 
 from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
-from .models import EXPORT_INFO, build_lora_classifier, pick_device, write_export_info
+from .exports import is_export, write_export
+from .models import build_lora_model, classifier_kind, pick_device
 from .peer import frozen_digest
 from .processes import Group, Placement, join
+from .tasks import add_sums, make_task
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
 from .runfiles import check_out_dir as _check_out_dir
@@ -85,6 +86,12 @@ class Trainer:
         log: where one-line messages go (``print`` by default; only rank 0's are shown).
         group: the processes of the run; by default :func:`decaf_lora.processes.join` (torch.distributed under
             torchrun, else this process alone).
+        model: your own peft model (any model with peft LoRA layers, adapter ``"default"``) instead of the one
+            ``config`` describes; the same on every process. Its current adapter is every agent's starting point.
+        loss: your own training loss, ``loss(model, batch) -> scalar tensor`` (``batch``: ``input_ids``,
+            ``attention_mask``, ``labels`` on the device); evaluation still uses the task's metrics.
+        collator: builds each batch from per-example features (e.g. ``transformers.DataCollatorWithPadding``);
+            by default the batches are padded to their longest row.
 
     Raises (before data or model are loaded): ValueError for a device that does not exist, a number of agents
     that the number of processes does not divide, or settings that differ between processes; FileExistsError for
@@ -92,7 +99,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, experiment: Optional[Experiment] = None, *,
-                 log: Callable[[str], None] = print, group: Optional[Group] = None):
+                 log: Callable[[str], None] = print, group: Optional[Group] = None, model=None,
+                 loss: Optional[Callable] = None, collator: Optional[Callable] = None):
         self.config = c = config
         self.device = pick_device(c.device)
         self.group = group if group is not None else join(self.device, timeout=c.dist_timeout)
@@ -111,9 +119,18 @@ class Trainer:
         self.out_dir = Path(c.out_dir) / c.algorithm
         self.algorithm = make_algorithm(c.algorithm, split=c.split, consensus_method=c.consensus_method,
                                         moments=c.moments)
-        self.model = build_lora_classifier(c.model, len(self.exp.label_names), rank=c.rank, lora_alpha=c.lora_alpha,
-                                           target_modules=c.target_modules, lora_dropout=c.lora_dropout,
-                                           use_rslora=c.rslora, seed=c.seed).to(self.device)
+        self.task = make_task(c.task, loss, completions=c.prompt_column is not None)
+        if collator is not None and not callable(collator):
+            raise TypeError(f"collator must be a callable (list of examples) -> batch, got {type(collator).__name__}")
+        self.collator = collator
+        if model is None:
+            model = build_lora_model(c.model, task=c.task, head=c.head, label_names=self.exp.label_names,
+                                     rank=c.rank, lora_alpha=c.lora_alpha, target_modules=c.target_modules,
+                                     lora_dropout=c.lora_dropout, use_rslora=c.rslora, seed=c.seed,
+                                     pad_token_id=self.exp.tokenizer.pad_token_id)
+        elif not hasattr(model, "decaf_kind"):
+            model.decaf_kind = classifier_kind(c.model, c.task, c.head)
+        self.model = model.to(self.device)
         self.group.check_same({"data": self.exp.fingerprint(), "model": frozen_digest(self.model),
                                "versions": _versions()}, "data, model or library versions")
         self.local = self.placement.local
@@ -173,9 +190,8 @@ class Trainer:
         losses = []
         self.stacks.load_agent(slot)
         for _ in range(c.comm_every):
-            batch = self.exp.train_tok.batch(self.sampler.next_batch(agent), device=self.device)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = F.cross_entropy(logits.float(), batch["labels"])
+            batch = self._batch(self.exp.train_tok, self.sampler.next_batch(agent))
+            loss = self.task.loss(self.model, batch)
             value = float(loss.detach())  # the step's one host sync: both the check and the log use it
             if not math.isfinite(value):
                 raise FloatingPointError(f"agent {agent}: the training loss is {value} at round {self.round + 1}; "
@@ -190,6 +206,11 @@ class Trainer:
             self.stacks.load_agent(slot)  # the step changed the agent's slot of the stacks
             losses.append(value)
         return losses
+
+    def _batch(self, data, idx) -> dict:
+        if self.collator is None:
+            return data.batch(idx, device=self.device)
+        return data.batch(idx, device=self.device, collator=self.collator)
 
     def _reset_factor_moments(self) -> None:
         n_factor = sum(2 if self.algorithm.trains_A else 1 for _ in self.stacks.groups)
@@ -251,29 +272,25 @@ class Trainer:
         return out, mean
 
     @torch.no_grad()
-    def _accuracy_of_loaded(self) -> tuple[float, float]:
-        correct, loss_sum, total = 0, 0.0, 0
+    def _metrics_of_loaded(self) -> dict:
+        """The task's test metrics (``acc``, ``loss``, and for causal LMs ``perplexity`` and the like) of the
+        adapter loaded in the model."""
+        sums: dict = {}
         for idx in self.exp.test_batches:
-            batch = self.exp.test_tok.batch(idx, device=self.device)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-            total += len(idx)
-        return correct / total, loss_sum / total
+            add_sums(sums, self.task.eval_sums(self.model, self._batch(self.exp.test_tok, idx)))
+        return self.task.metrics(sums)
 
     def _evaluate_local(self, everyone) -> dict:
-        """This process's agents' test accuracy and loss; rank 0 also the averaged model's."""
+        """This process's agents' test metrics, one list per metric; rank 0 also the averaged model's (``avg``)."""
         self.model.eval()
-        accs, losses = [], []
+        out: dict = {}
         for slot in range(len(self.local)):
             self.stacks.load_agent(slot)
-            acc, loss = self._accuracy_of_loaded()
-            accs.append(acc)
-            losses.append(loss)
-        out = {"acc": accs, "loss": losses}
+            for k, v in self._metrics_of_loaded().items():
+                out.setdefault(k, []).append(v)
         if self.main:
             self.stacks.load_factors(*self.averaged_adapter(everyone))
-            out["acc_avg"] = self._accuracy_of_loaded()[0]
+            out["avg"] = self._metrics_of_loaded()
         self.model.train()
         return out
 
@@ -457,12 +474,10 @@ class Trainer:
         self.wall_time = float(state["wall_time"])
 
     # ------------------------------------------------------------------------------------------------ export
-    def export(self, path: Union[str, Path], agent: Union[int, str] = "average") -> Path:
-        """Write agent ``agent``'s adapter (or the averaged one) with peft's ``save_pretrained``, atomically.
-        Every process calls it; rank 0 writes.
-
-        Load it back with :func:`decaf_lora.load_exported` or ``peft.PeftModel.from_pretrained`` on an
-        :class:`~decaf_lora.models.EncoderClassifier` of the same base model.
+    def export(self, path: Union[str, Path], agent: Union[int, str] = "average", *, merged: bool = False) -> Path:
+        """Write agent ``agent``'s adapter (or the averaged one), atomically, as a folder that peft, transformers
+        and ``decaf predict`` load (see :mod:`decaf_lora.exports`); ``merged``: a whole transformers model with the
+        adapter merged in instead. Every process calls it; rank 0 writes.
 
         An existing ``path`` is replaced only if it is an earlier export (it holds ``decaf_export.json``);
         anything else there raises FileExistsError before anything is written.
@@ -478,34 +493,36 @@ class Trainer:
         else:
             factors, dense, _ = everyone
             self.stacks.load_factors([(B[agent], A[agent]) for B, A in factors], {n: t[agent] for n, t in dense.items()})
-
-        def fill(tmp: Path) -> None:
-            self.model.save_pretrained(str(tmp))
-            write_export_info(tmp, {"model": self.config.model, "label_names": self.exp.label_names,
-                                    "agent": agent, "algorithm": self.config.algorithm, "round": self.round,
-                                    "max_length": self.config.max_length})
+        c = self.config
+        info = {"model": c.model, "task": c.task, "label_names": self.exp.label_names if c.task != "causal_lm" else None,
+                "agent": agent, "algorithm": c.algorithm, "round": self.round, "max_length": c.max_length,
+                "text_column": c.text_column, "prompt_column": c.prompt_column,
+                "completion_column": c.completion_column}
 
         if self.main:
-            atomic_write_folder(path, fill, replaceable=_is_export)
+            atomic_write_folder(path, lambda tmp: write_export(tmp, self.model, self.exp.tokenizer, info,
+                                                               merged=merged), replaceable=is_export)
         self.group.barrier("the export")
         return path
 
 
 def _eval_record(parts: List[dict]) -> dict:
-    accs = [x for p in parts for x in p["acc"]]
-    losses = [x for p in parts for x in p["loss"]]
-    acc_avg = next(p["acc_avg"] for p in parts if "acc_avg" in p)
-    return {"test_acc_mean": sum(accs) / len(accs), "test_acc_min": min(accs), "test_acc_max": max(accs),
-            "test_loss_mean": sum(losses) / len(losses), "test_acc_avg_model": acc_avg, "test_acc": accs}
-
-
-def _is_export(path: Path) -> bool:
-    return (Path(path) / EXPORT_INFO).is_file()
+    """The round's test metrics from every process's :meth:`Trainer._evaluate_local`: per metric the mean over
+    agents (and for accuracy the min, max and every agent's), and the averaged model's."""
+    avg = next(p["avg"] for p in parts if "avg" in p)
+    rec = {}
+    for k in avg:
+        values = [x for p in parts for x in p[k]]
+        rec[f"test_{k}_mean"] = sum(values) / len(values)
+        rec[f"test_{k}_avg_model"] = avg[k]
+        if k == "acc":
+            rec.update({"test_acc_min": min(values), "test_acc_max": max(values), "test_acc": values})
+    return rec
 
 
 def check_export_path(path: Union[str, Path]) -> None:
     """FileExistsError unless ``path`` is free or an earlier export (which :meth:`Trainer.export` replaces)."""
-    check_replaceable(Path(path), _is_export)
+    check_replaceable(Path(path), is_export)
 
 
 def _progress(config: TrainConfig, start: int, *, enabled: bool = True):
@@ -524,6 +541,9 @@ def summarise(history: List[dict]) -> dict:
     return {"rounds": last["round"], "train_loss": last["train_loss"],
             "test_acc_mean": ev.get("test_acc_mean"), "test_acc_min": ev.get("test_acc_min"),
             "test_acc_avg_model": ev.get("test_acc_avg_model"),
+            # the task's other metrics (test loss; a causal LM's perplexity, token accuracy, exact match)
+            **{k: v for k, v in ev.items() if k.startswith("test_") and k.endswith(("_mean", "_avg_model"))
+               and k not in ("test_acc_mean", "test_acc_avg_model")},
             "consensus_distance": last["consensus_distance"], "consensus_distance_rel": last["consensus_distance_rel"],
             "interference_rel": last["interference_rel"], "bytes_total": last["bytes_total"],
             "bytes_wire_total": last.get("bytes_wire_total"), "wall_time": last["wall_time"],
@@ -538,10 +558,12 @@ def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, o
 
 def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resume: bool = False,
             overwrite: bool = False, experiment: Optional[Experiment] = None,
-            log: Callable[[str], None] = print, group: Optional[Group] = None) -> List[RunResult]:
+            log: Callable[[str], None] = print, group: Optional[Group] = None, model=None,
+            loss: Optional[Callable] = None, collator: Optional[Callable] = None) -> List[RunResult]:
     """Run several algorithms on the same data, partition, graph, initialisation and seed (``experiment``: data
     and graph prepared already, e.g. from Hugging Face datasets; built from ``config`` when None). Under torchrun
-    every process calls it (``group``: see :class:`Trainer`)."""
+    every process calls it (``group``: see :class:`Trainer`). ``model``, ``loss``, ``collator``: see
+    :class:`Trainer`; every algorithm starts from ``model``'s adapter as it was when ``compare`` was called."""
     algorithms = list(algorithms or config.algorithms)
     device = pick_device(config.device)
     group = group if group is not None else join(device, timeout=config.dist_timeout)
@@ -549,8 +571,17 @@ def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resu
         check_out_dir(config, algorithms, resume=resume, overwrite=overwrite)
     quiet = log if group.rank == 0 else (lambda msg: None)
     exp = experiment if experiment is not None else Experiment(config, log=quiet)
+    # training writes the agents' adapters into the model: each algorithm starts again from the given one
+    start = None if model is None else {n: p.detach().clone() for n, p in model.named_parameters()
+                                        if p.requires_grad or "lora_" in n}
     results = []
     for name in algorithms:
-        trainer = Trainer(config.replace(algorithm=name), exp, log=log, group=group)
+        if start is not None:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in start:
+                        p.copy_(start[n])
+        trainer = Trainer(config.replace(algorithm=name), exp, log=log, group=group, model=model, loss=loss,
+                          collator=collator)
         results.append(trainer.run(resume=resume, overwrite=overwrite))
     return results

@@ -1,0 +1,100 @@
+"""What a task computes on a batch: the training loss and the evaluation sums.
+
+* Classification: cross-entropy of the logits against the labels; accuracy and mean loss per example.
+* Causal LM: next-token cross-entropy over the label tokens (``labels`` aligned with ``input_ids``, -100 where no
+  loss is taken: the prompt, the padding), averaged over the batch's label tokens; evaluation gives the loss per
+  token (its exponential, the perplexity), the next-token accuracy and, per example, whether every label token is
+  the greedy choice under teacher forcing -- the same as greedy decoding reproducing the completion exactly, which
+  is what ``accuracy`` reports for prompt/completion data.
+
+A user's own loss (``Trainer(..., loss=fn)``) replaces the training loss: ``fn(model, batch) -> scalar tensor``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .models import model_output_logits
+
+IGNORE = -100
+
+
+def _forward(model, batch: Dict[str, torch.Tensor]):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+class ClassificationTask:
+    name = "classification"
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return F.cross_entropy(model_output_logits(_forward(model, batch)).float(), batch["labels"])
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch) -> Dict[str, float]:
+        logits = model_output_logits(_forward(model, batch)).float()
+        return {"correct": float((logits.argmax(-1) == batch["labels"]).sum()),
+                "loss_sum": float(F.cross_entropy(logits, batch["labels"], reduction="sum")),
+                "count": float(batch["labels"].shape[0])}
+
+    @staticmethod
+    def metrics(sums: Dict[str, float]) -> Dict[str, float]:
+        return {"acc": sums["correct"] / sums["count"], "loss": sums["loss_sum"] / sums["count"]}
+
+
+class CausalLMTask:
+    """``completions``: the data are prompt/completion pairs, and ``acc`` is the exact-match rate of the
+    completions; otherwise (plain texts) ``acc`` is the next-token accuracy."""
+
+    name = "causal_lm"
+
+    def __init__(self, completions: bool = False):
+        self.completions = completions
+
+    @staticmethod
+    def _shifted(model, batch):
+        logits = model_output_logits(_forward(model, batch))[:, :-1].float()
+        return logits, batch["labels"][:, 1:]
+
+    def loss(self, model, batch) -> torch.Tensor:
+        logits, target = self._shifted(model, batch)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch) -> Dict[str, float]:
+        logits, target = self._shifted(model, batch)
+        counted = target != IGNORE
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+        right = (logits.argmax(-1) == target) & counted
+        has = counted.any(1)
+        exact = ((right | ~counted).all(1) & has)
+        return {"loss_sum": float(loss), "tokens": float(counted.sum()), "token_correct": float(right.sum()),
+                "exact": float(exact.sum()), "count": float(has.sum())}
+
+    def metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
+        loss = sums["loss_sum"] / max(sums["tokens"], 1.0)
+        token_acc = sums["token_correct"] / max(sums["tokens"], 1.0)
+        exact = sums["exact"] / max(sums["count"], 1.0)
+        return {"acc": exact if self.completions else token_acc, "loss": loss, "token_acc": token_acc,
+                "exact_match": exact, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def make_task(name: str, loss: Optional[Callable] = None, *, completions: bool = False):
+    """The task object of ``name`` ("classification" / "causal_lm"); ``loss`` overrides its training loss;
+    ``completions``: see :class:`CausalLMTask`."""
+    task = ClassificationTask() if name == "classification" else CausalLMTask(completions)
+    if loss is not None:
+        if not callable(loss):
+            raise TypeError(f"loss must be a callable (model, batch) -> scalar tensor, got {type(loss).__name__}")
+        task.loss = loss
+    return task
+
+
+def add_sums(total: Dict[str, float], part: Dict[str, float]) -> Dict[str, float]:
+    for k, v in part.items():
+        total[k] = total.get(k, 0.0) + v
+    return total
