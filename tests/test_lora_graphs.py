@@ -538,3 +538,139 @@ def test_describe_json():
 def test_module_exports():
     for name in graphs.__all__:
         assert hasattr(graphs, name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# networkx graphs
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def nx():
+    return pytest.importorskip("networkx")  # it comes with torch
+
+
+def test_networkx_graph_gives_the_same_topology_as_the_built_in_one(nx):
+    for weights in WEIGHTS:
+        topo = Topology.from_networkx(nx.cycle_graph(6), weights=weights)
+        ring = Topology.build("ring", 6, weights=weights)
+        assert topo.name == "custom" and topo.n == 6 and topo.nodes == list(range(6))
+        assert torch.equal(topo.adjacency, ring.adjacency)
+        assert torch.equal(topo.W, ring.W)
+    via_build = Topology.build(nx.cycle_graph(6), None, time_varying="matching", seed=3)
+    assert via_build.time_varying == "matching" and torch.equal(via_build.W, ring.W)
+    assert torch.equal(via_build.matrix(2), Topology.build("ring", 6, time_varying="matching", seed=3).matrix(2))
+    assert Topology.build(nx.cycle_graph(6), 6).n == 6
+    with pytest.raises(ValueError, match=r"n=5 does not match the networkx graph, which has 6 nodes"):
+        Topology.build(nx.cycle_graph(6), 5)
+    assert torch.equal(load_adjacency(nx.cycle_graph(6)), ring.adjacency)
+    custom = Topology.build("custom", None, adjacency_source=nx.cycle_graph(6))
+    assert torch.equal(custom.W, ring.W)
+
+
+def test_networkx_nodes_are_agents_in_sorted_order(nx):
+    g = nx.Graph()
+    g.add_edges_from([(3, 1), (1, 0), (0, 2)])  # labels 0..3 added out of order: a path 3-1-0-2
+    topo = Topology.from_networkx(g)
+    assert topo.nodes == [0, 1, 2, 3]
+    assert edge_set(topo.adjacency) == {(1, 3), (0, 1), (0, 2)}
+    letters = Topology.from_networkx(nx.path_graph(["c", "a", "b"]))  # path c-a-b
+    assert letters.nodes == ["a", "b", "c"] and edge_set(letters.adjacency) == {(0, 2), (0, 1)}
+
+
+def test_networkx_edge_weights_self_loops_and_parallel_edges_are_ignored(nx):
+    plain = nx.star_graph(4)
+    weighted = nx.star_graph(4)
+    for u, v in weighted.edges:
+        weighted[u][v]["weight"] = 10.0 * (u + v + 1)
+    weighted.add_edge(2, 2, weight=5.0)
+    multi = nx.MultiGraph(plain)
+    multi.add_edge(0, 1)
+    for g in (weighted, multi):
+        topo = Topology.from_networkx(g, weights="metropolis")
+        assert torch.equal(topo.W, Topology.from_networkx(plain).W)
+        assert torch.equal(topo.W, mixing_matrix(adjacency("star", 5)))
+
+
+def test_networkx_graphs_are_checked(nx):
+    with pytest.raises(ValueError, match=r"not connected: 2 node\(s\) unreachable from node 'a' \('x', 'y'\)"):
+        Topology.from_networkx(nx.Graph([("a", "b"), ("x", "y")]))
+    lonely = nx.path_graph(3)
+    lonely.add_node(7)
+    with pytest.raises(ValueError, match=r"unreachable from node 0 \(7\)"):
+        Topology.from_networkx(lonely)
+    with pytest.raises(ValueError, match=r"directed \(DiGraph\).*to_undirected"):
+        Topology.from_networkx(nx.DiGraph([(0, 1), (1, 0)]))
+    with pytest.raises(ValueError, match="at least two nodes"):
+        Topology.from_networkx(nx.empty_graph(1))
+    with pytest.raises(ValueError, match="cannot be sorted.*convert_node_labels_to_integers"):
+        Topology.from_networkx(nx.Graph([(0, "a"), ("a", 1)]))
+    with pytest.raises(ValueError, match="'equal'.*metropolis"):
+        Topology.from_networkx(nx.cycle_graph(4), weights="equal")
+    with pytest.raises(TypeError, match="expected a networkx graph, got list"):
+        graphs.Topology.from_networkx([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match=r"nodes has 3 label\(s\) but the adjacency has 4 agents"):
+        Topology("custom", adjacency("ring", 4), nodes=[0, 1, 2])
+
+
+def test_networkx_is_not_imported_to_recognise_a_graph():
+    import subprocess
+    import sys
+
+    code = ("import sys; from decaf_lora.graph_structure import is_networkx_graph; import decaf_lora.topology; "
+            "assert not is_networkx_graph([[0, 1], [1, 0]]); assert 'networkx' not in sys.modules, 'imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------------------------------------
+# saving a mixing matrix
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["W.npy", "W.txt", "W.csv"])
+def test_save_mixing_matrix_round_trips_exactly(tmp_path, name):
+    from decaf_lora.mixing import save_mixing_matrix
+
+    W = Topology.build("erdos_renyi", 7, p=0.5, seed=1).W
+    path = save_mixing_matrix(W, tmp_path / name)
+    if name.endswith(".npy"):
+        back = np.load(path)
+    else:
+        back = np.loadtxt(path, delimiter="," if name.endswith(".csv") else None)
+        assert ("," in path.read_text()) == name.endswith(".csv")
+    assert back.dtype == np.float64 and np.array_equal(back, W.numpy())
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left beside it
+
+
+def test_save_mixing_matrix_refuses_before_writing(tmp_path):
+    from decaf_lora.mixing import save_mixing_matrix
+
+    W = Topology.build("ring", 4).W
+    target = tmp_path / "W.npy"
+    target.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="W.npy' exists; refusing to replace it"):
+        save_mixing_matrix(W, target)
+    assert target.read_bytes() == b"mine"
+    save_mixing_matrix(W, target, overwrite=True)
+    assert np.array_equal(np.load(target), W.numpy())
+    with pytest.raises(ValueError, match=r"must end in \.npy, \.txt, \.csv"):
+        save_mixing_matrix(W, tmp_path / "W.json")
+    (tmp_path / "folder.npy").mkdir()
+    with pytest.raises(FileExistsError, match="is a folder"):
+        save_mixing_matrix(W, tmp_path / "folder.npy", overwrite=True)
+    with pytest.raises(ValueError, match="square"):
+        save_mixing_matrix(torch.ones(2, 3, dtype=torch.float64), tmp_path / "bad.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["W.npy", "folder.npy"]
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    import os
+
+    from decaf_lora.mixing import save_mixing_matrix
+
+    old = os.umask(0o027)
+    try:
+        path = save_mixing_matrix(Topology.build("ring", 4).W, tmp_path / "W.txt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640

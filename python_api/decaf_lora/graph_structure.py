@@ -1,4 +1,5 @@
-"""Communication graphs as adjacency matrices: the built-in graphs, user-given ones, and connectivity.
+"""Communication graphs as adjacency matrices: the built-in graphs, user-given ones (files, matrices, networkx
+graphs), and connectivity.
 
 An adjacency is a bool ``(n, n)`` CPU tensor, symmetric, with a False diagonal: ``adj[i, j]`` says that agents
 ``i`` and ``j`` exchange parameters.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
-from typing import Any, List, Union
+from typing import Any, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ from ._checks import check_choice, check_float, check_int
 from ._rng import generator
 from .names import GRAPHS
 
-__all__ = ["GRAPHS", "adjacency", "load_adjacency", "is_connected"]
+__all__ = ["GRAPHS", "adjacency", "load_adjacency", "from_networkx", "is_networkx_graph", "is_connected"]
 
 _ER_MAX_TRIES = 1000
 
@@ -190,7 +192,8 @@ def load_adjacency(source: Union[str, Path, Any]) -> torch.Tensor:
     Args:
         source: a path (``str`` or :class:`pathlib.Path`) to a ``.npy`` file or to a text file (any other
             suffix: rows of 0/1 separated by whitespace and/or commas, blank lines and ``#`` comments
-            allowed), or a nested list, numpy array or tensor.
+            allowed), a nested list, numpy array or tensor, or an undirected networkx graph (see
+            :func:`from_networkx`: agent i is the i-th node in sorted order).
 
     Returns:
         A bool ``(n, n)`` CPU tensor, symmetric, with a False diagonal (the given diagonal is ignored).
@@ -199,8 +202,10 @@ def load_adjacency(source: Union[str, Path, Any]) -> torch.Tensor:
         FileNotFoundError: the path does not exist.
         ValueError: the matrix is not square, smaller than 2x2, has entries other than 0/1, or is not
             symmetric (the message names the first asymmetric pair ``(i, j)``); a text row is ragged or has
-            a non-numeric token.
+            a non-numeric token; a networkx graph that :func:`from_networkx` refuses.
     """
+    if is_networkx_graph(source):
+        return from_networkx(source)[0]
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -212,6 +217,64 @@ def load_adjacency(source: Union[str, Path, Any]) -> torch.Tensor:
             mat = _read_text_matrix(path, what)
         return validate_adjacency(mat, what)
     return validate_adjacency(source)
+
+
+def is_networkx_graph(obj: Any) -> bool:
+    """Whether ``obj`` is a networkx graph (``Graph``, ``DiGraph``, ``MultiGraph``, ...).
+
+    networkx is never imported here: whoever holds a graph has imported it already, so ``sys.modules`` has it.
+    """
+    nx = sys.modules.get("networkx")
+    return nx is not None and isinstance(obj, nx.Graph)
+
+
+def from_networkx(graph: Any) -> Tuple[torch.Tensor, list]:
+    """The adjacency of an undirected networkx graph, and which node each agent is.
+
+    Agent ``i`` is the ``i``-th node in sorted order, so a graph labelled ``0 .. n-1`` keeps its labels whatever
+    order its nodes were added in, and every process that builds the same graph numbers it the same way. Only the
+    structure is read: self-loops are ignored (every agent keeps a weight of its own anyway), parallel edges of a
+    multigraph count once, and edge attributes, ``weight`` included, are ignored: the weight rule of the
+    topology (Metropolis-Hastings or uniform) makes the mixing matrix, so it stays symmetric and doubly
+    stochastic. To mix with weights of your own, pass a mixing matrix instead.
+
+    Args:
+        graph: an undirected networkx graph with at least two nodes whose labels can be sorted.
+
+    Returns:
+        ``(adjacency, nodes)``: a bool ``(n, n)`` CPU tensor (symmetric, False diagonal) and the ``n`` node labels
+        in agent order.
+
+    Raises:
+        TypeError: ``graph`` is not a networkx graph.
+        ValueError: a directed graph, fewer than two nodes, labels that cannot be sorted, or a graph that is not
+            connected (the message names the nodes unreachable from the first one).
+    """
+    if not is_networkx_graph(graph):
+        raise TypeError(f"expected a networkx graph, got {type(graph).__name__}")
+    kind = type(graph).__name__
+    if graph.is_directed():
+        raise ValueError(f"the networkx graph is directed ({kind}); gossip here needs an undirected graph (the "
+                         "mixing matrix is symmetric): pass graph.to_undirected()")
+    try:
+        nodes = sorted(graph.nodes)
+    except TypeError as exc:
+        raise ValueError(f"the networkx graph's node labels cannot be sorted ({exc}); agent i is the i-th node in "
+                         "sorted order: relabel them, e.g. networkx.convert_node_labels_to_integers(graph)") from None
+    n = len(nodes)
+    if n < 2:
+        raise ValueError(f"the networkx graph must have at least two nodes (two agents), got {n}")
+    index = {v: i for i, v in enumerate(nodes)}
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    for u, v in graph.edges():
+        if u != v:
+            adj[index[u], index[v]] = adj[index[v], index[u]] = True
+    missing = unreachable_from_zero(adj)
+    if missing:
+        shown = ", ".join(repr(nodes[i]) for i in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        raise ValueError(f"the networkx graph is not connected: {len(missing)} node(s) unreachable from node "
+                         f"{nodes[0]!r} ({shown}); a disconnected graph can never reach consensus")
+    return adj, nodes
 
 
 def _read_text_matrix(path: Path, what: str) -> np.ndarray:

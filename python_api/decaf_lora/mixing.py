@@ -1,18 +1,28 @@
 """Gossip mixing matrices: the weights of a connected graph, their validation, and how fast they mix.
 
 A mixing matrix ``W`` (``N x N``, float64) gives in ``W[i, j]`` the weight agent ``i`` gives to agent ``j``: one
-gossip round maps the stacked parameters ``X`` to ``W @ X``.
+gossip round maps the stacked parameters ``X`` to ``W @ X``. :func:`save_mixing_matrix` writes one to a file
+(``decaf graph --save``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Union
+
+import numpy as np
 import torch
 
 from ._checks import check_choice
 from .graph_structure import as_bool_square, unreachable_from_zero
 from .names import WEIGHTS
+from .runfiles import atomic_write_bytes
 
-__all__ = ["WEIGHTS", "mixing_matrix", "check_mixing_matrix", "spectral_gap"]
+__all__ = ["WEIGHTS", "mixing_matrix", "check_mixing_matrix", "spectral_gap", "save_mixing_matrix",
+           "check_matrix_path", "MATRIX_SUFFIXES"]
+
+MATRIX_SUFFIXES = (".npy", ".txt", ".csv")
+"""The files :func:`save_mixing_matrix` writes: numpy's binary ``.npy``, or text (whitespace- or comma-separated)."""
 
 
 def mixing_matrix(adj: torch.Tensor, weights: str = "metropolis") -> torch.Tensor:
@@ -113,6 +123,51 @@ def spectral_gap(W: torch.Tensor) -> float:
     n = Wd.shape[0]
     dev = Wd - torch.full((n, n), 1.0 / n, dtype=torch.float64)
     return float(1.0 - torch.linalg.matrix_norm(dev, ord=2))
+
+
+def check_matrix_path(path: Union[str, Path], *, overwrite: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if :func:`save_mixing_matrix` may write there.
+
+    Raises:
+        ValueError: a suffix other than :data:`MATRIX_SUFFIXES`.
+        FileExistsError: ``path`` is a folder, or a file and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in MATRIX_SUFFIXES:
+        raise ValueError(f"cannot save a mixing matrix as {str(path)!r}: the file name must end in "
+                         f"{', '.join(MATRIX_SUFFIXES)} (numpy binary, text, comma-separated text)")
+    if path.is_dir():
+        raise FileExistsError(f"{str(path)!r} is a folder; pass the path of a file to save the mixing matrix in")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; refusing to replace it (pass --overwrite / overwrite=True "
+                              "to replace it)")
+    return path
+
+
+def save_mixing_matrix(W: torch.Tensor, path: Union[str, Path], *, overwrite: bool = False) -> Path:
+    """Write ``W`` (float64) to ``path`` atomically, with permissions that follow the umask.
+
+    ``.npy``: ``numpy.save`` (read back with ``numpy.load``); ``.txt`` / ``.csv``: one row per line, separated by
+    spaces / commas, each value with 17 significant digits, so ``numpy.loadtxt`` gives back the same float64
+    values.
+
+    Raises:
+        ValueError / FileExistsError: see :func:`check_matrix_path` (raised before anything is written).
+        TypeError, ValueError: ``W`` is not a non-empty square floating-point tensor.
+    """
+    path = check_matrix_path(path, overwrite=overwrite)
+    arr = _square_float64(W, floating=True).numpy()
+    suffix = path.suffix.lower()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would add ".npy" to the temporary's name
+            if suffix == ".npy":
+                np.save(fh, arr, allow_pickle=False)
+            else:
+                np.savetxt(fh, arr, fmt="%.17g", delimiter="," if suffix == ".csv" else " ")
+
+    atomic_write_bytes(path, write)
+    return path
 
 
 def _square_float64(W: torch.Tensor, *, floating: bool = False) -> torch.Tensor:

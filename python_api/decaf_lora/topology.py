@@ -1,4 +1,8 @@
-"""A run's communication topology: a graph, its mixing weights and an optional time-varying schedule."""
+"""A run's communication topology: a graph, its mixing weights and an optional time-varying schedule.
+
+The graph is a built-in one (:data:`~decaf_lora.names.GRAPHS`), a user-given 0/1 adjacency, or a networkx graph
+(:meth:`Topology.from_networkx`); networkx itself is never imported here.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import torch
 
 from ._checks import check_choice, check_int
 from ._rng import stream_generator
-from .graph_structure import adjacency, load_adjacency, undirected_edges, validate_adjacency
+from .graph_structure import (adjacency, from_networkx, is_networkx_graph, load_adjacency, undirected_edges,
+                              validate_adjacency)
 from .mixing import check_mixing_matrix, mixing_matrix, spectral_gap
 from .names import GRAPHS, TIME_VARYING, WEIGHTS
 
@@ -29,6 +34,7 @@ class Topology:
             base graph per round) or ``"one_peer_exp"`` (directed one-peer exponential graph, which ignores
             the base graph).
         seed: seed of the per-round matching schedule.
+        nodes: for a graph from networkx, its node labels in agent order (agent ``i`` is ``nodes[i]``); else None.
         W: base mixing matrix (float64 CPU, computed).
         n: number of agents (computed).
     """
@@ -38,6 +44,7 @@ class Topology:
     weights: str = "metropolis"
     time_varying: Optional[str] = None
     seed: int = 0
+    nodes: Optional[List[Any]] = field(default=None, repr=False)
     W: torch.Tensor = field(init=False, repr=False)
     n: int = field(init=False)
 
@@ -48,13 +55,35 @@ class Topology:
         self.seed = check_int("seed", self.seed)
         self.adjacency = validate_adjacency(self.adjacency)
         self.n = int(self.adjacency.shape[0])
+        if self.nodes is not None and len(self.nodes) != self.n:
+            raise ValueError(f"nodes has {len(self.nodes)} label(s) but the adjacency has {self.n} agents")
         self.W = mixing_matrix(self.adjacency, self.weights)
         check_mixing_matrix(self.W)
 
     @classmethod
+    def from_networkx(cls, graph: Any, *, weights: str = "metropolis", time_varying: Optional[str] = None,
+                      seed: int = 0) -> "Topology":
+        """A topology on an undirected networkx graph, named ``"custom"``.
+
+        Agent ``i`` is the ``i``-th node in sorted order (:attr:`nodes` lists them), so nodes labelled
+        ``0 .. n-1`` keep their labels. The mixing matrix comes from ``weights`` exactly as for a built-in graph:
+        edge attributes (``weight`` included) and self-loops are ignored (see
+        :func:`~decaf_lora.graph_structure.from_networkx`).
+
+        Raises:
+            TypeError: ``graph`` is not a networkx graph.
+            ValueError: unknown ``weights`` / ``time_varying``; a directed, too small or disconnected graph, or
+                node labels that cannot be sorted.
+        """
+        check_choice("weights", weights, WEIGHTS)
+        check_choice("time_varying", time_varying, TIME_VARYING)
+        adj, nodes = from_networkx(graph)
+        return cls(name="custom", adjacency=adj, weights=weights, time_varying=time_varying, seed=seed, nodes=nodes)
+
+    @classmethod
     def build(
         cls,
-        graph: str,
+        graph: Any,
         n: Optional[int],
         *,
         weights: str = "metropolis",
@@ -66,13 +95,15 @@ class Topology:
         """Builds a topology from a graph name (or a user-given adjacency).
 
         Args:
-            graph: a name from :data:`GRAPHS`, or ``"custom"`` to read ``adjacency_source``.
-            n: number of agents; for ``"custom"`` it must match the given matrix, or be None to take its size.
+            graph: a name from :data:`GRAPHS`, ``"custom"`` to read ``adjacency_source``, or a networkx graph
+                (as :meth:`from_networkx`).
+            n: number of agents; for ``"custom"`` or a networkx graph it must match the graph, or be None to take
+                its size.
             weights: weight rule, one of :data:`WEIGHTS`.
             time_varying: schedule, one of :data:`TIME_VARYING`.
             p: edge probability of ``"erdos_renyi"``.
             seed: seed of ``"erdos_renyi"`` and of the ``"matching"`` schedule.
-            adjacency_source: for ``"custom"``: anything :func:`load_adjacency` accepts.
+            adjacency_source: for ``"custom"``: anything :func:`load_adjacency` accepts (a networkx graph too).
 
         Returns:
             The :class:`Topology`.
@@ -83,6 +114,11 @@ class Topology:
         """
         check_choice("weights", weights, WEIGHTS)
         check_choice("time_varying", time_varying, TIME_VARYING)
+        if is_networkx_graph(graph):
+            topo = cls.from_networkx(graph, weights=weights, time_varying=time_varying, seed=seed)
+            if n is not None and check_int("n", n) != topo.n:
+                raise ValueError(f"n={n} does not match the networkx graph, which has {topo.n} nodes")
+            return topo
         check_choice("graph", graph, GRAPHS + ("custom",))
         if graph == "custom":
             if adjacency_source is None:
