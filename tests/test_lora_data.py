@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -366,7 +367,7 @@ def test_text_file_errors(tmp_path):
 
     t = tmp_path / "d.tsv"
     t.write_text("text\tlabel\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"'\.tsv'.*\.csv, \.jsonl or \.json"):
+    with pytest.raises(ValueError, match=r"'\.tsv'.*\.csv, \.jsonl, \.json or \.parquet, or a folder"):
         load_text_file(t)
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         load_text_file(tmp_path / "missing.csv")
@@ -433,6 +434,93 @@ def test_from_hf_errors():
         from_hf(FakeHFDataset({"text": [" "], "label": [0]}))
     with pytest.raises(TypeError, match="column_names"):
         from_hf({"text": ["a"], "label": [0]})
+
+
+# ------------------------------------------------------------------------------------------------ datasets sources
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return pytest.importorskip("datasets", reason="the datasets package is not installed")
+
+
+def classlabel_ds(hf, texts, labels, names=("neg", "pos")):
+    features = hf.Features({"text": hf.Value("string"), "label": hf.ClassLabel(names=list(names))})
+    return hf.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def test_parquet_and_save_to_disk_keep_the_label_rules(hf, tmp_path):
+    ds = classlabel_ds(hf, ["good", "bad", "fine"], [1, 0, 1], names=("negative", "positive"))
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "folder"))
+    for source in (tmp_path / "d.parquet", str(tmp_path / "folder"), ds):
+        got = load_text_file(source)
+        assert got.texts == ["good", "bad", "fine"] and got.labels.tolist() == [1, 0, 1]
+        assert got.label_names == ["negative", "positive"]  # the ClassLabel's names, not "0", "1"
+    strings = hf.Dataset.from_dict({"t": ["a", "b", "c"], "y": ["z", "x", "z"]})
+    strings.to_parquet(str(tmp_path / "s.parquet"))
+    got = load_text_file(tmp_path / "s.parquet", text_column="t", label_column="y")
+    assert got.label_names == ["x", "z"] and got.labels.tolist() == [1, 0, 1]
+
+    hf.Dataset.from_dict({"text": ["a", " "], "label": [0, 1]}).to_parquet(str(tmp_path / "e.parquet"))
+    with pytest.raises(ValueError, match=r"e\.parquet, row 1: empty text in column 'text'"):
+        load_text_file(tmp_path / "e.parquet")
+    hf.Dataset.from_dict({"text": ["a", "b"], "label": [0, None]}).to_parquet(str(tmp_path / "n.parquet"))
+    with pytest.raises(TypeError, match=r"n\.parquet, row 1: label must be a str or an int, got None"):
+        load_text_file(tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match=r"column 'sentence' not found in .*d\.parquet; columns found: \['text'"):
+        load_text_file(tmp_path / "d.parquet", text_column="sentence")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"junk\.parquet: not a readable Parquet file"):
+        load_text_file(tmp_path / "junk.parquet")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match=r"'.*plain' is not a dataset written by Dataset.save_to_disk"):
+        load_text_file(tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"split='train' given, but .*d\.parquet is a single table"):
+        load_text_file(tmp_path / "d.parquet", split="train")
+
+
+def test_dataset_dict_splits(hf, tmp_path):
+    train = classlabel_ds(hf, ["a", "b", "c"], [0, 1, 1])
+    unlabelled = classlabel_ds(hf, ["d", "e"], [1, -1])  # like GLUE's test splits
+    dd = hf.DatasetDict({"train": train, "validation": classlabel_ds(hf, ["v"], [0]), "test": unlabelled})
+    with pytest.raises(ValueError, match=r"split 'test', row 1: label -1 is out of range"):
+        D.load_classification(dd)
+    dd.save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match=r"dd \[split 'test'\], row 1: label -1 is out of range"):
+        D.load_classification(tmp_path / "dd")
+
+    dd = hf.DatasetDict({"train": train, "validation": classlabel_ds(hf, ["v"], [0])})
+    dd.save_to_disk(str(tmp_path / "tv"))
+    for source in (dd, tmp_path / "tv"):
+        tr, te = D.load_classification(source)  # no "test": the validation split tests
+        assert tr.texts == ["a", "b", "c"] and te.texts == ["v"] and te.label_names == ["neg", "pos"]
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\nw,pos\n", encoding="utf-8")
+    tr, te = D.load_classification(tmp_path / "tv", csv)  # test_data wins over the dict's own split
+    assert te.texts == ["w"] and te.labels.tolist() == [1]  # read with train's label names
+    tr, te = D.load_classification(hf.DatasetDict({"train": train}))
+    assert te is None and len(tr) == 3
+    tr, te = D.load_classification(csv)
+    assert te is None
+    assert from_hf(dd).texts == ["a", "b", "c"] and from_hf(dd, split="validation").texts == ["v"]
+    with pytest.raises(ValueError, match=r"no split 'dev'; splits found: \['train', 'validation'\]"):
+        from_hf(dd, split="dev")
+    with pytest.raises(ValueError, match=r"splits \['a', 'b'\] and none is named 'train'"):
+        D.load_classification(hf.DatasetDict({"a": train, "b": train}))
+    with pytest.raises(ValueError, match=r"splits \['a', 'b'\] and none is named 'test' or 'validation'"):
+        D.load_classification(train, hf.DatasetDict({"a": train, "b": train}))
+
+
+def test_parquet_and_folders_need_datasets(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
+    (tmp_path / "d.parquet").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    for path in (tmp_path / "d.parquet", tmp_path / "folder"):
+        with pytest.raises(ImportError, match="needs the datasets package: pip install datasets"):
+            load_text_file(path)
+    (tmp_path / "d.csv").write_text("text,label\na,0\n", encoding="utf-8")
+    assert load_text_file(tmp_path / "d.csv").texts == ["a"]  # the line-based readers need nothing
 
 
 # ------------------------------------------------------------------------------------------------ partition

@@ -1,7 +1,8 @@
 """From a text dataset to training batches: tokenised once, dynamically padded, streamed per agent.
 
 :class:`TokenizedDataset` gathers padded batches from a :class:`~decaf_lora.texts.TextDataset`;
-:class:`AgentSampler` draws each agent's minibatches from its own, resumable random stream.
+:class:`AgentSampler` draws each agent's minibatches from its own, resumable random stream. The padding helpers
+(:func:`pad_token_id`, :func:`pad_rows`, :func:`collate`) serve :mod:`decaf_lora.lm_data` too.
 """
 
 from __future__ import annotations
@@ -21,15 +22,65 @@ __all__ = ["AgentSampler", "TokenizedDataset"]
 # ------------------------------------------------------------------------------------------------ tokens
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its eos token, else 0.
+
+    Padding positions are masked out of attention and of the loss, so any id serves; decoder tokenizers (GPT-2,
+    Llama) often have no pad token, and borrowing the eos id here leaves the caller's tokenizer unchanged.
+    """
+    for name in ("pad_token_id", "eos_token_id"):
+        tid = getattr(tokenizer, name, None)
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def pad_rows(rows: Sequence[Sequence[int]], fill: int, *, left: bool = False) -> torch.Tensor:
+    """int64 ``(len(rows), longest)``: each row padded with ``fill`` on the right (or the left)."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), fill, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        if len(r):
+            cols = slice(width - len(r), width) if left else slice(0, len(r))
+            out[i, cols] = torch.as_tensor(list(r), dtype=torch.int64)
+    return out
+
+
+def check_rows(indices: Any, n: int) -> torch.Tensor:
+    """``indices`` as a non-empty 1-D int64 tensor of row positions in ``[0, n)``."""
+    idx = as_index_tensor("indices", indices)
+    if idx.numel() == 0:
+        raise ValueError("indices must not be empty")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"indices must be in [0, {n}), got index {lo if lo < 0 else hi}")
+    return idx
+
+
+def collate(collator: Any, features: list[dict], device: Any) -> dict[str, torch.Tensor]:
+    """``collator(features)`` as a dict, its tensors moved to ``device``."""
+    if not callable(collator):
+        raise TypeError(f"collator must be callable (e.g. transformers.DataCollatorWithPadding), got "
+                        f"{type(collator).__name__}")
+    out = dict(collator(features))
+    if device is not None:
+        out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    return out
+
+
 class TokenizedDataset:
     """A :class:`TextDataset` tokenized once, serving dynamically padded batches.
 
     Attributes:
-        input_ids: int64 ``(n, T)``, padded to the longest (truncated) text.
+        input_ids: int64 ``(n, T)``, padded to the longest (truncated) text on the tokenizer's
+            ``padding_side``, with :attr:`pad_token_id`.
         attention_mask: int64 ``(n, T)``.
-        labels: int64 ``(n,)``.
+        labels: int64 ``(n,)``, the class of each text (also as :attr:`class_labels`).
         lengths: int64 ``(n,)``, the number of real tokens of each text.
         label_names: The class names.
+        pad_token_id: The id in the padding positions (:func:`pad_token_id`: the tokenizer's pad token, else its
+            eos token, else 0); a decoder classifier without a pad token should be given this id as its
+            ``config.pad_token_id``, where it looks for each row's last real token.
     """
 
     def __init__(self, ds: TextDataset, tokenizer: Any, *, max_length: int = 64) -> None:
@@ -37,8 +88,8 @@ class TokenizedDataset:
 
         Args:
             ds: The dataset.
-            tokenizer: A Hugging Face tokenizer (callable with ``padding``, ``truncation``, ``max_length`` and
-                ``return_tensors``); ``token_type_ids`` are ignored.
+            tokenizer: A Hugging Face tokenizer (callable with ``truncation`` and ``max_length``); it need not
+                have a pad token, and is not changed. ``token_type_ids`` are ignored.
             max_length: Longest sequence kept, in tokens (special tokens included), >= 1.
         """
         if not isinstance(ds, TextDataset):
@@ -48,22 +99,16 @@ class TokenizedDataset:
             raise ValueError("ds is empty: nothing to tokenize")
         if not callable(tokenizer):
             raise TypeError(f"tokenizer must be a callable Hugging Face tokenizer, got {type(tokenizer).__name__}")
-        enc = tokenizer(
-            list(ds.texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        self.input_ids = torch.as_tensor(enc["input_ids"]).to(torch.int64)
-        if "attention_mask" in enc:
-            self.attention_mask = torch.as_tensor(enc["attention_mask"]).to(torch.int64)
-        else:
-            pad_id = getattr(tokenizer, "pad_token_id", None)
-            self.attention_mask = (
-                torch.ones_like(self.input_ids) if pad_id is None else (self.input_ids != pad_id).to(torch.int64)
-            )
+        # padded here rather than by the tokenizer, which refuses to pad without a pad token
+        rows = tokenizer(list(ds.texts), truncation=True, max_length=max_length)["input_ids"]
+        self.left_padded = getattr(tokenizer, "padding_side", "right") == "left"
+        self.pad_token_id = pad_token_id(tokenizer)
+        self.lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+        self.input_ids = pad_rows(rows, self.pad_token_id, left=self.left_padded)
+        self.attention_mask = pad_rows([[1] * len(r) for r in rows], 0, left=self.left_padded)
         self.labels = ds.labels.clone()
-        self.lengths = self.attention_mask.sum(dim=1)
         self.label_names = list(ds.label_names)
         self.max_length = max_length
-        self.left_padded = getattr(tokenizer, "padding_side", "right") == "left"
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -73,24 +118,37 @@ class TokenizedDataset:
         """The number of classes."""
         return len(self.label_names)
 
-    def batch(self, indices: Any, device: Any = None) -> dict[str, torch.Tensor]:
+    @property
+    def class_labels(self) -> torch.Tensor:
+        """The class of each example, for :func:`~decaf_lora.partitions.partition` (None for causal-LM data)."""
+        return self.labels
+
+    def batch(self, indices: Any, device: Any = None, collator: Any = None) -> dict[str, torch.Tensor]:
         """The rows at ``indices``, trimmed to their longest sequence (dynamic padding).
 
         Args:
             indices: 1-D integer tensor or sequence of row positions, non-empty.
             device: Optional device to move the tensors to.
+            collator: Optional callable on a list of per-example features (``input_ids`` and ``attention_mask``,
+                lists of ints without padding, and ``labels``, an int), e.g.
+                ``transformers.DataCollatorWithPadding(tokenizer)``; its result is returned (padded as the
+                collator pads) instead of the built-in padding.
 
         Returns:
             ``{"input_ids": (b, t), "attention_mask": (b, t), "labels": (b,)}``, int64, where ``t`` is the
             largest length among the rows (padding columns beyond it are dropped; on the left for
             left-padding tokenizers).
         """
-        idx = as_index_tensor("indices", indices)
-        if idx.numel() == 0:
-            raise ValueError("indices must not be empty")
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= len(self):
-            raise ValueError(f"indices must be in [0, {len(self)}), got index {lo if lo < 0 else hi}")
+        idx = check_rows(indices, len(self))
+        if collator is not None:
+            width = self.input_ids.shape[1]
+            features = []
+            for i in idx.tolist():
+                n = int(self.lengths[i])
+                real = slice(width - n, width) if self.left_padded else slice(0, n)
+                features.append({"input_ids": self.input_ids[i, real].tolist(), "attention_mask": [1] * n,
+                                 "labels": int(self.labels[i])})
+            return collate(collator, features, device)
         t = max(int(self.lengths[idx].max()), 1)
         cols = slice(self.input_ids.shape[1] - t, None) if self.left_padded else slice(0, t)
         out = {

@@ -1,11 +1,17 @@
 """Which examples go where: fixed train/test splits, and the partition of a training set among agents.
 
 Every function returns example indices (or subsets) that are a function of the labels, the sizes and ``seed``.
+Data without class labels (causal-LM examples) have one scheme, ``"iid"``, and unstratified splits.
+
+The run configuration's default, ``partition="auto"``, is resolved by :mod:`decaf_lora.config` before it gets
+here: ``"dirichlet"`` (label skew) for the built-in WordNet task, ``"iid"`` for user data. :func:`partition` itself
+defaults to ``"iid"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,29 +123,36 @@ def balanced_split(ds: TextDataset, n_train: int, n_test: int, *, seed: int = 0)
     return ds.subset(train), ds.subset(test)
 
 
-def train_test_split(ds: TextDataset, test_fraction: float, *, seed: int = 0) -> tuple[TextDataset, TextDataset]:
-    """A stratified, seeded train/test split.
+def train_test_split(ds: Any, test_fraction: float, *, seed: int = 0) -> tuple[Any, Any]:
+    """A seeded train/test split, stratified by class for labelled data.
 
-    The test set holds ``round(test_fraction * len(ds))`` examples (at least 1), shared among the classes in
-    proportion to their sizes (largest-remainder rounding). Every class keeps at least one example in train,
-    so a class with a single example is never in the test set.
+    A :class:`TextDataset`: the test set holds ``round(test_fraction * len(ds))`` examples (at least 1), shared
+    among the classes in proportion to their sizes (largest-remainder rounding). Every class keeps at least one
+    example in train, so a class with a single example is never in the test set.
+
+    Any other dataset with ``len`` and ``subset(indices)`` (e.g. :class:`~decaf_lora.lm_data.LMDataset`, which has
+    no classes): ``round(test_fraction * len(ds))`` examples (at least 1, at most ``len(ds) - 1``) picked by a
+    seeded permutation.
 
     Args:
         ds: The dataset to split.
         test_fraction: Fraction of the examples that go to the test set, ``0 < test_fraction < 1``.
-        seed: Non-negative seed; the split is a function of ``(ds.labels, test_fraction, seed)``.
+        seed: Non-negative seed; the split is a function of ``(ds.labels, test_fraction, seed)`` (of
+            ``(len(ds), test_fraction, seed)`` without labels).
 
     Returns:
         ``(train, test)``, disjoint, together all of ``ds``, each in ascending order of the original index.
 
     Raises:
         ValueError: ``test_fraction`` outside (0, 1), or too few examples to hold out any while keeping one
-            per class in train.
+            per class (or one in all) in train.
     """
     test_fraction = check_float("test_fraction", test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must satisfy 0 < test_fraction < 1, got test_fraction={test_fraction}")
     seed = check_seed(seed)
+    if not isinstance(ds, TextDataset):
+        return _unlabelled_split(ds, test_fraction, seed)
     per_class = _class_indices(ds.labels, generator(seed))
     classes = list(per_class)
     sizes = [per_class[c].numel() for c in classes]
@@ -161,14 +174,26 @@ def train_test_split(ds: TextDataset, test_fraction: float, *, seed: int = 0) ->
     return ds.subset(train), ds.subset(test)
 
 
+def _unlabelled_split(ds: Any, test_fraction: float, seed: int) -> tuple[Any, Any]:
+    if not hasattr(ds, "subset") or not hasattr(ds, "__len__"):
+        raise TypeError(f"ds must be a TextDataset or a dataset with len() and subset(), got {type(ds).__name__}")
+    n = len(ds)
+    if n < 2:
+        raise ValueError(f"cannot split {n} example(s): train and test need at least one each")
+    n_test = min(max(1, round(test_fraction * n)), n - 1)
+    perm = torch.randperm(n, generator=generator(seed))
+    return ds.subset(torch.sort(perm[n_test:]).values), ds.subset(torch.sort(perm[:n_test]).values)
+
+
 # ------------------------------------------------------------------------------------------------ partitions
 
 
 def partition(
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     n_agents: int,
     scheme: str = "iid",
     *,
+    n: int | None = None,
     alpha: float = 0.5,
     shards_per_agent: int = 2,
     seed: int = 0,
@@ -177,7 +202,9 @@ def partition(
 
     Schemes:
 
-    * ``"iid"``: a seeded permutation cut into ``n_agents`` parts whose sizes differ by at most one.
+    * ``"iid"``: a seeded permutation cut into ``n_agents`` parts whose sizes differ by at most one. The only
+      scheme for data without class labels (``labels=None`` with ``n`` examples); it gives the same parts as for
+      labelled data of the same size and seed.
     * ``"dirichlet"``: label skew. For each class (ascending), proportions ~ Dirichlet(``alpha`` * 1) are drawn
       (as normalised Gamma(``alpha``, 1) variates of ``np.random.default_rng(seed)``) and the class's shuffled
       examples are cut by them (cumulative rounding). Small ``alpha`` gives each agent few classes; large
@@ -189,29 +216,46 @@ def partition(
       ``shards_per_agent`` or fewer when the shards align with the class boundaries).
 
     Args:
-        labels: 1-D integer tensor of class labels, one per example.
-        n_agents: Number of agents, >= 1 and <= ``len(labels)``.
-        scheme: One of :data:`PARTITIONS`.
+        labels: 1-D integer tensor of class labels, one per example; None for data without class labels
+            (then ``n`` is required and ``scheme`` must be ``"iid"``).
+        n_agents: Number of agents, >= 1 and <= the number of examples.
+        scheme: One of :data:`PARTITIONS` (the run configuration resolves its ``"auto"`` before calling).
+        n: The number of examples; required with ``labels=None``, else optional and checked against
+            ``len(labels)``.
         alpha: Dirichlet concentration (``"dirichlet"`` only), > 0.
         shards_per_agent: Shards per agent (``"shards"`` only), >= 1.
         seed: Non-negative seed.
 
     Returns:
         ``n_agents`` int64 tensors of example indices, each sorted ascending and non-empty; disjoint, together
-        every index in ``range(len(labels))`` exactly once.
+        every index in ``range(n)`` exactly once.
 
     Raises:
-        TypeError: ``labels`` is not an integer tensor/sequence, or an int argument is not an int.
-        ValueError: ``n_agents`` < 1 or > ``len(labels)``, ``alpha`` <= 0, ``shards_per_agent`` < 1, fewer
-            examples than shards, an unknown ``scheme``, or no Dirichlet draw without empty agents.
+        TypeError: ``labels`` is not an integer tensor/sequence, an int argument is not an int, or neither
+            ``labels`` nor ``n`` is given.
+        ValueError: ``n_agents`` < 1 or > the number of examples, ``n`` differs from ``len(labels)``, ``alpha``
+            <= 0, ``shards_per_agent`` < 1, fewer examples than shards, an unknown ``scheme``, a scheme by
+            class label for data without labels, or no Dirichlet draw without empty agents.
     """
-    labels = as_index_tensor("labels", labels)
     n_agents = check_int("n_agents", n_agents, 1)
     seed = check_seed(seed)
-    n = labels.numel()
+    check_choice("partition scheme", scheme, PARTITIONS)
+    if labels is None:
+        if n is None:
+            raise TypeError("partition without class labels (labels=None) needs n=<the number of examples>")
+        n = check_int("n", n, 0)
+        if scheme != "iid":
+            raise ValueError(
+                f"partition scheme {scheme!r} splits the examples by class label, and these data have none "
+                f"(labels=None, e.g. causal-LM examples); use partition 'iid'"
+            )
+    else:
+        labels = as_index_tensor("labels", labels)
+        if n is not None and check_int("n", n, 0) != labels.numel():
+            raise ValueError(f"n={n} differs from the number of labels, {labels.numel()}")
+        n = labels.numel()
     if n < n_agents:
         raise ValueError(f"need at least one example per agent: got {n} examples for n_agents={n_agents}")
-    check_choice("partition scheme", scheme, PARTITIONS)
 
     if scheme == "iid":
         perm = torch.randperm(n, generator=generator(seed))
@@ -271,18 +315,23 @@ def partition(
     return [torch.sort(p.to(torch.int64)).values for p in parts]
 
 
-def partition_summary(labels: torch.Tensor, parts: Sequence[torch.Tensor], num_classes: int) -> dict:
+def partition_summary(labels: torch.Tensor | None, parts: Sequence[torch.Tensor],
+                      num_classes: int | None = None) -> dict:
     """Describe a partition, JSON-serialisable (plain ints and lists).
 
     Args:
-        labels: 1-D integer tensor of class labels, one per example.
+        labels: 1-D integer tensor of class labels, one per example; None for data without class labels.
         parts: Each agent's example indices, as returned by :func:`partition`.
-        num_classes: Number of classes (labels must be in ``[0, num_classes)``).
+        num_classes: Number of classes (labels must be in ``[0, num_classes)``); unused without labels.
 
     Returns:
         ``{"sizes": [n_agent...], "classes_per_agent": [distinct labels per agent...],
-        "label_counts": [[count per class] per agent]}``.
+        "label_counts": [[count per class] per agent]}``; without labels ``{"sizes": [n_agent...]}``.
     """
+    if labels is None:
+        return {"sizes": [int(as_index_tensor(f"parts[{a}]", p).numel()) for a, p in enumerate(parts)]}
+    if num_classes is None:
+        raise TypeError("partition_summary with labels needs num_classes")
     labels = as_index_tensor("labels", labels)
     num_classes = check_int("num_classes", num_classes, 1)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):

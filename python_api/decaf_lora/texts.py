@@ -1,19 +1,26 @@
-"""The labelled-text container every data source returns, and the checks of index and label arguments.
+"""The labelled-text container every classification source returns, and the checks of texts, labels and
+indices.
 
-:class:`TextDataset` holds texts with integer class labels and their names; :func:`as_index_tensor` is the one
-reading of "a 1-D tensor or sequence of indices" that the splits, partitions and batches accept too.
+:class:`TextDataset` holds texts with integer class labels and their names; :func:`resolve_labels` is the one
+rule that maps a source's raw labels (strings, ints, ``ClassLabel`` indices) to them; :func:`as_index_tensor` is
+the one reading of "a 1-D tensor or sequence of indices" that the splits, partitions and batches accept too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ._checks import is_int, shown
+
 __all__ = ["TextDataset"]
+
+_INT_LITERAL = re.compile(r"^[+-]?\d+$")
 
 
 def as_index_tensor(name: str, value: Any) -> torch.Tensor:
@@ -48,6 +55,77 @@ def check_label_names(label_names: Any) -> list[str]:
         dups = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"label_names must be unique, got duplicates {dups}")
     return names
+
+
+def resolve_labels(
+    raw: list[Any],
+    where: Callable[[int], str],
+    label_names: Sequence[str] | None,
+    *,
+    numeric_strings: bool,
+) -> tuple[list[int], list[str]]:
+    """Map raw label values (str or int) to class indices and names.
+
+    ``numeric_strings``: strings that are integer literals count as ints (CSV, where every value is a string),
+    except where they are one of the given ``label_names``.
+    """
+    if label_names is not None:
+        names = check_label_names(label_names)
+        if not names:
+            raise ValueError("label_names must not be empty")
+        lookup = {n: i for i, n in enumerate(names)}
+        out = []
+        for i, v in enumerate(raw):
+            if isinstance(v, str):
+                if v in lookup:
+                    out.append(lookup[v])
+                    continue
+                if numeric_strings and _INT_LITERAL.match(v.strip()):
+                    v = int(v)
+                else:
+                    raise ValueError(f"{where(i)}: unknown label {v!r}; label_names are {names}")
+            if not is_int(v):
+                raise TypeError(f"{where(i)}: label must be a str or an int, got {shown(v)}")
+            if not 0 <= int(v) < len(names):
+                raise ValueError(f"{where(i)}: label {int(v)} is out of range for {len(names)} label_names")
+            out.append(int(v))
+        return out, names
+
+    values = []
+    for i, v in enumerate(raw):
+        if numeric_strings and isinstance(v, str) and _INT_LITERAL.match(v.strip()):
+            values.append(int(v))
+        elif isinstance(v, str) or is_int(v):
+            values.append(v if isinstance(v, str) else int(v))
+        else:
+            raise TypeError(f"{where(i)}: label must be a str or an int, got {shown(v)}")
+    kinds = {isinstance(v, str) for v in values}
+    if kinds == {True, False}:
+        first_str = next(i for i, v in enumerate(values) if isinstance(v, str))
+        first_int = next(i for i, v in enumerate(values) if not isinstance(v, str))
+        raise ValueError(
+            f"labels mix strings and ints ({where(first_str)}: {values[first_str]!r}, {where(first_int)}: "
+            f"{values[first_int]!r}); pass label_names to map them"
+        )
+    if kinds == {True}:
+        names = sorted(set(values))
+        lookup = {n: i for i, n in enumerate(names)}
+        return [lookup[v] for v in values], names
+    for i, v in enumerate(values):
+        if v < 0:
+            raise ValueError(f"{where(i)}: integer labels must be >= 0, got {v}")
+    top = max(values) if values else -1
+    return values, [str(i) for i in range(top + 1)]
+
+
+def check_text(value: Any, where: str, column: str) -> str:
+    """``value`` if it is a string with some non-blank character; else an error naming ``where`` and ``column``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: text column {column!r} must hold a string, got {type(value).__name__} ({value!r})")
+    if not value.strip():
+        raise ValueError(f"{where}: empty text in column {column!r}")
+    return value
+
 
 
 @dataclass(eq=False)
