@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -621,6 +622,24 @@ def test_partition_errors():
         partition(torch.rand(10), 2)
 
 
+def test_partition_without_labels():
+    labels = balanced_labels(3, 10)
+    parts = partition(None, 4, "iid", n=30, seed=2)
+    check_cover(parts, 30)
+    same = partition(labels, 4, "iid", n=30, seed=2)  # iid ignores the labels: the same parts either way
+    assert all(torch.equal(a, b) for a, b in zip(parts, same))
+    for scheme in ("dirichlet", "shards"):
+        with pytest.raises(ValueError, match=rf"'{scheme}' splits the examples by class label.*use partition 'iid'"):
+            partition(None, 4, scheme, n=30)
+    with pytest.raises(TypeError, match="labels=None.*needs n="):
+        partition(None, 4)
+    with pytest.raises(ValueError, match="n=31 differs from the number of labels, 30"):
+        partition(labels, 4, n=31)
+    with pytest.raises(ValueError, match="3 examples for n_agents=4"):
+        partition(None, 4, n=3)
+    assert partition_summary(None, parts) == {"sizes": [8, 8, 7, 7]}
+
+
 def test_partition_summary_json():
     labels = torch.tensor([0, 1, 1, 2, 2, 2])
     parts = [torch.tensor([0, 3]), torch.tensor([1, 2, 4, 5])]
@@ -671,6 +690,39 @@ def test_tokenized_dataset_no_truncation_needed(tokenizer):
     ds = TextDataset(["one", "two words"], torch.tensor([0, 0]), ["x"])
     tok = TokenizedDataset(ds, tokenizer, max_length=64)
     assert tok.input_ids.shape[1] == int(tok.lengths.max()) < 64  # padded to the longest, not to max_length
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_tokenized_dataset_padding_and_collator(tokenizer, side):
+    transformers = pytest.importorskip("transformers")
+    tok = copy.deepcopy(tokenizer)
+    tok.padding_side = side
+    texts = ["a cat", "dog", "a much longer sentence about many different things", " ".join(["word"] * 40)]
+    ds = TextDataset(texts, torch.tensor([0, 1, 2, 1]), ["x", "y", "z"])
+    t = TokenizedDataset(ds, tok, max_length=16)
+    ref = tok(texts, padding="longest", truncation=True, max_length=16, return_tensors="pt")
+    assert torch.equal(t.input_ids, ref["input_ids"]) and torch.equal(t.attention_mask, ref["attention_mask"])
+    collator = transformers.DataCollatorWithPadding(tok)
+    for rows in ([1, 0], [2, 0, 1], [3, 1]):
+        mine, theirs = t.batch(rows), t.batch(rows, collator=collator)
+        assert set(theirs) == set(mine)
+        for k in mine:
+            assert torch.equal(mine[k], theirs[k]), (side, rows, k)
+    with pytest.raises(TypeError, match="collator must be callable"):
+        t.batch([0], collator="pad")
+
+
+def test_tokenized_dataset_without_a_pad_token(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = None
+    with pytest.raises(ValueError, match="padding token"):
+        tok(["a", "a cat"], padding="longest")  # what the tokenizer itself does without one
+    t = TokenizedDataset(TextDataset(["a", "a cat"], torch.tensor([0, 1]), ["x", "y"]), tok, max_length=8)
+    assert tok.pad_token is None  # the caller's tokenizer is left as it was
+    assert t.pad_token_id == 0  # no pad and no eos token: 0, masked out anyway
+    assert t.input_ids.tolist() == [[101, 1037, 102, 0], [101, 1037, 4937, 102]]
+    assert t.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert t.class_labels is t.labels
 
 
 # ------------------------------------------------------------------------------------------------ sampler
