@@ -72,7 +72,7 @@ def test_every_setting_has_a_group_a_line_of_help_and_its_default():
 def test_graph_and_predict_help_give_every_default():
     for command in ("graph", "predict"):
         for action in _subparser(command)._actions:
-            if action.dest not in ("help", "export_dir"):
+            if action.dest not in ("help", "export"):
                 assert "(default: " in action.help, (command, action.dest)
 
 
@@ -130,12 +130,13 @@ def test_predict_parses_its_flags_and_hands_them_to_decaf_lora_predict(monkeypat
     fake.main = fake_main
     monkeypatch.setitem(sys.modules, "decaf_lora.predict", fake)
     assert cli.main(["predict", "exp", "--text", "a b", "--text", "c", "--input", "in.jsonl", "--output", "o.jsonl",
-                     "--batch-size", "4", "--max-new-tokens", "9", "--device", "cuda:1"]) == 0
+                     "--batch-size", "4", "--max-new-tokens", "9", "--device", "cuda:1", "--text-column", "q"]) == 0
     a = got["args"]
-    assert (a.export_dir, a.text, a.input, a.output) == ("exp", ["a b", "c"], "in.jsonl", "o.jsonl")
+    assert (a.export, a.text, a.input, a.output, a.text_column) == ("exp", ["a b", "c"], "in.jsonl", "o.jsonl", "q")
     assert (a.batch_size, a.max_new_tokens, a.device) == (4, 9, "cuda:1")
     d = cli.build_parser().parse_args(["predict", "exp"])
-    assert (d.text, d.input, d.output, d.batch_size, d.max_new_tokens, d.device) == ([], None, None, 32, 64, "auto")
+    assert (d.text, d.input, d.output, d.text_column) == ([], None, None, None)
+    assert (d.batch_size, d.max_new_tokens, d.device) == (None, 32, "cpu")  # None: predict picks 32 or 8
     for bad in (["--batch-size", "0"], ["--max-new-tokens", "x"], ["--device", "tpu"]):
         with pytest.raises(SystemExit) as exc:
             cli.build_parser().parse_args(["predict", "exp", *bad])

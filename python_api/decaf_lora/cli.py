@@ -220,20 +220,27 @@ def _add_graph_parser(sub) -> None:
 
 
 def _add_predict_parser(sub) -> None:
-    desc = "predict with an exported adapter (decaf train --export): labels for a classifier, text for causal_lm"
+    desc = ("predict with an exported adapter (decaf train --export): the most likely label and its probability "
+            "(classifier) or a greedy generation (causal_lm), one JSON line per text")
     p = sub.add_parser("predict", help=desc, description=desc)
-    p.add_argument("export_dir", metavar="EXPORT_DIR", help="the folder decaf train --export wrote")
+    # dest "export": the name decaf_lora.predict.main reads
+    p.add_argument("export", metavar="EXPORT_DIR", help="the folder decaf train --export wrote")
     p.add_argument("--text", action="append", default=[], metavar="T",
-                   help="an input text; repeat for several (default: none)")
-    p.add_argument("--input", default=None, metavar="FILE", help="read the input texts from FILE (default: none)")
+                   help="a text to predict; repeat for several (default: none; without --text or --input the "
+                        "texts are read from standard input, one a line)")
+    p.add_argument("--input", default=None, metavar="FILE",
+                   help="read the texts from FILE: .txt one a line, .csv/.jsonl the column the model was trained on "
+                        "(default: none)")
+    p.add_argument("--text-column", default=None, metavar="S",
+                   help="--input .csv/.jsonl: the column of the texts (default: the run's text or prompt column)")
     p.add_argument("--output", default=None, metavar="FILE",
-                   help="write the predictions to FILE instead of stdout (default: stdout)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                   help="inputs per forward pass (default: 32)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N",
-                   help="causal_lm: tokens generated per input (default: 64)")
-    p.add_argument("--device", type=_device, default="auto", metavar="D",
-                   help="cpu, cuda, cuda:N or auto (default: auto)")
+                   help="write the predictions to FILE, which must not exist (default: stdout)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="texts per forward pass (default: 32; causal_lm: 8)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N",
+                   help="causal_lm: most tokens generated per text (default: 32)")
+    p.add_argument("--device", type=_device, default="cpu", metavar="D",
+                   help="cpu, cuda, cuda:N or auto (default: cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
