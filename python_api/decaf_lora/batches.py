@@ -2,7 +2,7 @@
 
 :class:`TokenizedDataset` gathers padded batches from a :class:`~decaf_lora.texts.TextDataset`;
 :class:`AgentSampler` draws each agent's minibatches from its own, resumable random stream. The padding helpers
-(:func:`pad_token_id`, :func:`pad_rows`, :func:`collate`) serve :mod:`decaf_lora.lm_data` too.
+(:func:`pad_token_id`, :func:`pad_rows`, :func:`length_mask`, :func:`collate`) serve :mod:`decaf_lora.lm_data` too.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def pad_rows(rows: Sequence[Sequence[int]], fill: int, *, left: bool = False) ->
             cols = slice(width - len(r), width) if left else slice(0, len(r))
             out[i, cols] = torch.as_tensor(list(r), dtype=torch.int64)
     return out
+
+
+def length_mask(lengths: torch.Tensor, width: int, *, left: bool = False) -> torch.Tensor:
+    """int64 ``(len(lengths), width)`` attention mask: 1 on each row's first (or last) ``lengths[i]`` columns."""
+    cols = torch.arange(width)
+    real = cols >= width - lengths[:, None] if left else cols < lengths[:, None]
+    return real.to(torch.int64)
 
 
 def check_rows(indices: Any, n: int) -> torch.Tensor:
@@ -105,7 +112,7 @@ class TokenizedDataset:
         self.pad_token_id = pad_token_id(tokenizer)
         self.lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         self.input_ids = pad_rows(rows, self.pad_token_id, left=self.left_padded)
-        self.attention_mask = pad_rows([[1] * len(r) for r in rows], 0, left=self.left_padded)
+        self.attention_mask = length_mask(self.lengths, self.input_ids.shape[1], left=self.left_padded)
         self.labels = ds.labels.clone()
         self.label_names = list(ds.label_names)
         self.max_length = max_length

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ._checks import check_int
-from .batches import check_rows, collate, pad_rows, pad_token_id
+from .batches import check_rows, collate, length_mask, pad_rows, pad_token_id
 from .sources import load_table, train_test_sources
 from .texts import as_index_tensor
 
@@ -285,7 +285,7 @@ class LMTokenized:
         self.has_prompts = ds.has_prompts
         self.lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         self.input_ids = pad_rows(rows, self.pad_token_id)
-        self.attention_mask = pad_rows([[1] * len(r) for r in rows], 0)
+        self.attention_mask = length_mask(self.lengths, self.input_ids.shape[1])
         self.labels = pad_rows(labels, IGNORE_INDEX)
         self.target_lengths = (self.labels != IGNORE_INDEX).sum(dim=1)
         self.num_tokens = int(self.target_lengths.sum())
