@@ -88,8 +88,11 @@ def test_yaml_values_are_typed(tmp_path):
 def _cli_error(argv, capsys) -> str:
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("decaf: error: ") and "Traceback" not in err
-    return err
+    # what was loaded before the error may precede it on stderr (e.g. the data line); the error ends the output
+    assert "Traceback" not in err and "decaf: error: " in err, err
+    start = err.rindex("decaf: error: ")
+    assert start == 0 or err[start - 1] == "\n"
+    return err[start:]
 
 
 def test_cli_reports_bad_config_files(tmp_path, capsys):

@@ -37,7 +37,7 @@ from decaf_lora.trainer import Trainer, compare  # noqa: E402
 
 ALL = ["local", "dlora", "dlora_fa", "decaf", "fedavg", "exact_avg"]
 CLOCK = ("wall_time", "time_local", "time_wait", "time_comm", "time_consensus", "time_eval", "bytes_wire", "bytes_wire_total",
-         "bytes_diagnostic", "processes")
+         "bytes_diagnostic", "processes", "peak_rss_bytes", "peak_cuda_bytes")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from decaf_lora.report import figure, plot, summarise, table, write_csv, write_o
 pytest.importorskip("matplotlib")
 
 
-def history(rounds=6, agents=4, eval_every=2, *, offset=0.0, sent=250_000, start=0):
-    """Round records as the trainer logs them (evaluated every ``eval_every`` rounds and at the last)."""
+def history(rounds=6, agents=4, eval_every=2, *, offset=0.0, sent=250_000, start=0, lm=False):
+    """Round records as the trainer logs them (evaluated every ``eval_every`` rounds and at the last; ``lm``: with
+    a causal LM's metrics too)."""
     out = []
     for r in range(start + 1, rounds + 1):
         rec = {"round": r, "algorithm": "x", "train_loss": 2.0 - 0.1 * r, "consensus_distance": 0.5 / r,
@@ -33,7 +34,11 @@ def history(rounds=6, agents=4, eval_every=2, *, offset=0.0, sent=250_000, start
         if r % eval_every == 0 or r == rounds:
             accs = [round(0.1 * r / rounds + 0.1 * a + offset, 4) for a in range(agents)]
             rec.update({"test_acc_mean": sum(accs) / agents, "test_acc_min": min(accs), "test_acc_max": max(accs),
-                        "test_loss_mean": 1.0, "test_acc_avg_model": max(accs) + 0.01, "test_acc": accs})
+                        "test_loss_mean": 1.0, "test_acc_avg_model": max(accs) + 0.01, "test_acc": accs,
+                        "test_loss_avg_model": 0.9})
+            if lm:
+                rec.update({"test_perplexity_mean": 10.0 / r, "test_perplexity_avg_model": 9.0 / r,
+                            "test_exact_match_mean": 0.1 * r})
         else:
             rec.update({"test_acc_mean": None, "test_acc_min": None, "test_acc_avg_model": None})
         out.append(rec)
@@ -91,6 +96,20 @@ def test_write_outputs_writes_summary_and_plot(tmp_path):
     assert [r["algorithm"] for r in read_csv(out["csv"])] == ["decaf", "local"]
     assert out["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "decaf" in out["table"] and out["markdown"].startswith("| algorithm |")
+
+
+def test_a_tasks_other_metrics_reach_the_summary_and_the_csv_files(tmp_path):
+    hist = history(rounds=4, eval_every=2, lm=True)
+    s = summarise(hist)
+    assert (s["test_perplexity_mean"], s["test_perplexity_avg_model"], s["test_exact_match_mean"]) == (2.5, 2.25, 0.4)
+    write_csv([dict(algorithm="decaf", **s)], tmp_path / "summary.csv")
+    row = read_csv(tmp_path / "summary.csv")[0]
+    assert float(row["test_perplexity_mean"]) == 2.5 and float(row["test_loss_avg_model"]) == 0.9
+    with trackers.Reporters(TrainConfig(), tmp_path / "decaf", history=hist):
+        pass
+    metrics = read_csv(tmp_path / "decaf" / trackers.METRICS_CSV)
+    assert [m["test_perplexity_mean"] for m in metrics] == ["", "5.0", "", "2.5"]
+    assert list(metrics[0])[-3:] == ["test_perplexity_mean", "test_perplexity_avg_model", "test_exact_match_mean"]
 
 
 # ------------------------------------------------------------------------------------------------ plot
@@ -247,7 +266,7 @@ def test_tensorboard_reporter_logs_scalars_per_round(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    recs = history(rounds=4, eval_every=2)
+    recs = history(rounds=4, eval_every=2, lm=True)
     with trackers.Reporters(TrainConfig(report_to=["tensorboard"]), tmp_path) as rep:
         for rec in recs:
             rep.round_done(rec)
@@ -260,6 +279,7 @@ def test_tensorboard_reporter_logs_scalars_per_round(tmp_path):
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("accuracy/mean")] == [2, 4]
     assert acc.Scalars("memory/peak_rss_MB")[-1].value == pytest.approx(104.0)
+    assert [e.value for e in acc.Scalars("test/perplexity_mean")] == pytest.approx([5.0, 2.5])
 
 
 def test_missing_tensorboard_is_named_before_anything_is_written(tmp_path, monkeypatch):

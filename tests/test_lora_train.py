@@ -303,8 +303,10 @@ def _final_state(tr: Trainer):
 
 
 def _strip_time(history):
-    """The history without what the clock measured (wall_time and the per-round time split)."""
-    return [{k: v for k, v in h.items() if k != "wall_time" and not k.startswith("time_")} for h in history]
+    """The history without what the clock and the process measured (wall_time, the per-round time split, peak
+    memory)."""
+    return [{k: v for k, v in h.items() if k != "wall_time" and not k.startswith(("time_", "peak_"))}
+            for h in history]
 
 
 def test_runs_are_deterministic_under_a_seed(tiny_model, tiny_csv, tmp_path):
@@ -545,8 +547,14 @@ def test_hugging_face_datasets_through_experiment(tiny_model, tiny_csv, tmp_path
     assert len(exp.test) == 40 and exp.label_names == sorted(CLASSES)
     res = compare(cfg, ["dlora"], experiment=exp, log=lambda *_: None)
     assert res[0].history[-1]["test_acc_mean"] is not None
-    with pytest.raises(ValueError, match="both train and test"):
-        Experiment(cfg, train=train, log=lambda *_: None)
+    # a datasets object goes in as it is, read with the config's columns; without test, test_fraction is held out
+    alone = Experiment(cfg.replace(test_fraction=0.25), train=FakeHF(rows), log=lambda *_: None)
+    assert (len(alone.train), len(alone.test)) == (len(ds) - round(0.25 * len(ds)), round(0.25 * len(ds)))
+    assert alone.label_names == exp.label_names
+    with pytest.raises(ValueError, match="test was given without train"):
+        Experiment(cfg, test=test, log=lambda *_: None)
+    with pytest.raises(TypeError, match="train must be a TextDataset"):
+        Experiment(cfg, train=rows, log=lambda *_: None)
 
 
 def test_cli_flags_override_the_config_file(tmp_path):

@@ -26,7 +26,7 @@ splits and partitions in :mod:`decaf_lora.partitions`; :class:`TokenizedDataset`
 from __future__ import annotations
 
 from .batches import AgentSampler, TokenizedDataset
-from .lm_data import LMDataset, LMTokenized, lm_accuracy, load_causal_lm, load_lm_data
+from .lm_data import LMDataset, LMTokenized, encode_prompts, lm_accuracy, load_causal_lm, load_lm_data
 from .names import DEFAULT_WORDNET_NOUNS, PARTITIONS
 from .partitions import balanced_split, partition, partition_summary, train_test_split
 from .sources import (NOUN_SUPERSENSES, from_hf, load_classification, load_table, load_text_file,
@@ -43,6 +43,7 @@ __all__ = [
     "TextDataset",
     "TokenizedDataset",
     "balanced_split",
+    "encode_prompts",
     "from_hf",
     "lm_accuracy",
     "load_causal_lm",

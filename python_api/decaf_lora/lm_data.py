@@ -19,7 +19,8 @@ from .batches import check_rows, collate, length_mask, pad_rows, pad_token_id
 from .sources import load_table, train_test_sources
 from .texts import as_index_tensor
 
-__all__ = ["IGNORE_INDEX", "LMDataset", "LMTokenized", "lm_accuracy", "load_causal_lm", "load_lm_data"]
+__all__ = ["IGNORE_INDEX", "LMDataset", "LMTokenized", "encode_prompts", "lm_accuracy", "load_causal_lm",
+           "load_lm_data"]
 
 IGNORE_INDEX = -100
 """The label of a position that is not learned (prompt, padding): what ``torch.nn.CrossEntropyLoss`` and the
@@ -330,6 +331,35 @@ class LMTokenized:
         if device is not None:
             out = {k: v.to(device) for k, v in out.items()}
         return out
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts encoded for batched generation as :class:`LMTokenized` encodes them for training: the tokenizer's
+    special prefix (a BOS) then the prompt's tokens, no end token; padded on the left, so that every row's next
+    token is generated at the same position.
+
+    Args:
+        tokenizer: The tokenizer of training (it need not have a pad token; it is not changed).
+        prompts: The prompts (a prompt/completion model's prompts, or a plain-text model's opening text).
+        max_length: Longest row in tokens; a longer prompt keeps its end (the tokens next to what is generated).
+
+    Returns:
+        ``(input_ids, attention_mask)``, int64 ``(len(prompts), longest)``.
+    """
+    prompts = _check_strings(prompts, "prompt", lambda i: f"prompt {i}", allow_blank=True)
+    if not prompts:
+        raise ValueError("prompts is empty: nothing to encode")
+    prefix = _special_prefix(tokenizer)
+    keep = None if max_length is None else check_int("max_length", max_length, len(prefix) + 1) - len(prefix)
+    ids = tokenizer(list(prompts), add_special_tokens=False, verbose=False)["input_ids"]
+    rows = [prefix + (list(r)[-keep:] if keep is not None else list(r)) for r in ids]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    if int(lengths.min()) == 0:
+        raise ValueError(f"prompt {int(lengths.argmin())} is empty and the tokenizer puts no token before a text: "
+                         "there is nothing to generate from")
+    input_ids = pad_rows(rows, pad_token_id(tokenizer), left=True)
+    return input_ids, length_mask(lengths, input_ids.shape[1], left=True)
 
 
 def lm_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

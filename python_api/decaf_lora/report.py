@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 from .memory import MEMORY
 from .runfiles import PLOT, SUMMARY, atomic_write_bytes
 
-__all__ = ["TIMES", "summarise", "summary_row", "table", "markdown_table", "write_csv", "figure", "plot",
+__all__ = ["TIMES", "summarise", "task_metrics", "summary_row", "table", "markdown_table", "write_csv", "figure", "plot",
            "write_outputs"]
 
 TIMES = ("time_local", "time_wait", "time_comm", "time_consensus", "time_eval")
@@ -39,7 +39,8 @@ COLUMNS = (
 _CSV_METRICS = (
     [("rounds", "rounds", None), ("test_acc_mean", "test_acc_mean", None), ("test_acc_min", "test_acc_min", None),
      ("test_acc_max", "test_acc_max", None), ("test_acc_avg_model", "test_acc_avg_model", None),
-     ("test_loss_mean", "test_loss_mean", None), ("train_loss", "train_loss", None),
+     ("test_loss_mean", "test_loss_mean", None), ("test_loss_avg_model", "test_loss_avg_model", None),
+     ("train_loss", "train_loss", None),
      ("consensus_distance_rel", "consensus_distance_rel", None), ("interference_rel", "interference_rel", None),
      ("sent_MB", "bytes_total", MB), ("wire_MB", "bytes_wire_total", MB), ("wall_time_s", "wall_time", None)]
     + [(f"{k}_s", k, None) for k in TIMES]
@@ -49,16 +50,25 @@ _NOT_SETTINGS = ("algorithm", "algorithms", "rounds", "out_dir", "progress", "re
                  "dist_timeout", "eval_batch_size")
 
 
+def task_metrics(rec: dict) -> List[str]:
+    """The test metrics of ``rec`` beyond the fixed ones: every task's ``test_<metric>_mean`` and
+    ``test_<metric>_avg_model`` (a causal LM's ``test_perplexity_mean``, ``test_token_acc_avg_model``, ...)."""
+    return [k for k in rec if k.startswith("test_") and k.endswith(("_mean", "_avg_model")) and k not in _FIXED_TESTS]
+
+
+_FIXED_TESTS = ("test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_avg_model", "test_loss_mean",
+                "test_loss_avg_model")
+
+
 def summarise(history: List[dict]) -> dict:
-    """The final row of a run: its last evaluated metrics, last consensus distance, bytes, time (in total and
-    summed per part) and peak memory (the largest of any round)."""
+    """The final row of a run: its last evaluated metrics (every task's), last consensus distance, bytes, time (in
+    total and summed per part) and peak memory (the largest of any round)."""
     if not history:
         return {}
     last = history[-1]
     ev = next((h for h in reversed(history) if h.get("test_acc_mean") is not None), {})
     out = {"rounds": last["round"], "train_loss": last["train_loss"],
-           **{k: ev.get(k) for k in ("test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_avg_model",
-                                     "test_loss_mean")},
+           **{k: ev.get(k) for k in _FIXED_TESTS}, **{k: ev[k] for k in task_metrics(ev)},
            "consensus_distance": last["consensus_distance"], "consensus_distance_rel": last["consensus_distance_rel"],
            "interference_rel": last["interference_rel"], "bytes_total": last["bytes_total"],
            "bytes_wire_total": last.get("bytes_wire_total"), "wall_time": last["wall_time"],
@@ -106,13 +116,15 @@ def _plain(value):
 
 
 def summary_row(row: dict, config=None) -> Dict[str, object]:
-    """One line of ``summary.csv``: ``algorithm``, the metrics in the table's units (MB, seconds), then the
-    run's ``seed`` and its other settings (the :class:`~decaf_lora.config.TrainConfig` fields that describe
-    the run, lists comma-separated). ``row``: :func:`summarise`'s dict plus ``algorithm``."""
+    """One line of ``summary.csv``: ``algorithm``, the metrics in the table's units (MB, seconds), the task's other
+    test metrics (:func:`task_metrics`), then the run's ``seed`` and its other settings (the
+    :class:`~decaf_lora.config.TrainConfig` fields that describe the run, lists comma-separated). ``row``:
+    :func:`summarise`'s dict plus ``algorithm``."""
     out: Dict[str, object] = {"algorithm": row.get("algorithm")}
     for column, key, divisor in _CSV_METRICS:
         value = row.get(key)
         out[column] = value / divisor if value is not None and divisor else value
+    out.update({k: row[k] for k in task_metrics(row)})
     if config is not None:
         settings = config.to_dict()
         out["seed"] = settings["seed"]

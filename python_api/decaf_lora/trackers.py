@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import List, Sequence
 
-from .report import MB, TIMES
+from .report import MB, TIMES, task_metrics
 from .runfiles import atomic_write_bytes
 
 __all__ = ["METRICS_CSV", "AGENT_ACCURACY_CSV", "TENSORBOARD_DIR", "ROUND_COLUMNS", "check_report_to", "Reporters"]
@@ -33,19 +33,21 @@ ROUND_COLUMNS = (
     [("round", "round", None), ("train_loss", "train_loss", None), ("test_loss_mean", "test_loss_mean", None),
      ("test_acc_mean", "test_acc_mean", None), ("test_acc_min", "test_acc_min", None),
      ("test_acc_max", "test_acc_max", None), ("test_acc_avg_model", "test_acc_avg_model", None),
-     ("consensus_distance", "consensus_distance", None), ("consensus_distance_rel", "consensus_distance_rel", None),
+     ("test_loss_avg_model", "test_loss_avg_model", None), ("consensus_distance", "consensus_distance", None), ("consensus_distance_rel", "consensus_distance_rel", None),
      ("interference_rel", "interference_rel", None), ("sent_MB", "bytes", MB), ("sent_total_MB", "bytes_total", MB),
      ("wire_MB", "bytes_wire", MB), ("wire_total_MB", "bytes_wire_total", MB),
      ("diagnostic_MB", "bytes_diagnostic", MB)]
     + [(f"{k}_s", k, None) for k in TIMES]
     + [("wall_time_s", "wall_time", None), ("peak_rss_MB", "peak_rss_bytes", MB),
        ("peak_cuda_MB", "peak_cuda_bytes", MB)])
-"""The columns of ``metrics.csv``: (column, key of the round record, divisor)."""
+"""The columns of ``metrics.csv``: (column, key of the round record, divisor); the task's other test metrics
+(:func:`decaf_lora.report.task_metrics`: a causal LM's perplexity, token accuracy, exact match) follow."""
 
 # TensorBoard tag of each column (round is the step)
 _TAGS = {"train_loss": "loss/train", "test_loss_mean": "loss/test_mean", "test_acc_mean": "accuracy/mean",
          "test_acc_min": "accuracy/min", "test_acc_max": "accuracy/max",
-         "test_acc_avg_model": "accuracy/averaged_model", "consensus_distance": "consensus/distance",
+         "test_acc_avg_model": "accuracy/averaged_model", "test_loss_avg_model": "loss/test_averaged_model",
+         "consensus_distance": "consensus/distance",
          "consensus_distance_rel": "consensus/distance_rel", "interference_rel": "consensus/interference_rel",
          "sent_total_MB": "communication/sent_total_MB", "wire_total_MB": "communication/wire_total_MB",
          **{f"{k}_s": f"time/{k[len('time_'):]}_s" for k in TIMES}, "wall_time_s": "time/wall_s",
@@ -57,6 +59,7 @@ def _in_units(rec: dict) -> dict:
     for column, key, divisor in ROUND_COLUMNS:
         value = rec.get(key)
         out[column] = value / divisor if value is not None and divisor else value
+    out.update({k: rec[k] for k in task_metrics(rec)})
     return out
 
 
@@ -86,7 +89,10 @@ class _Csv:
 
     def write(self) -> None:
         rows = [_in_units(r) for r in self.records]
-        _write_csv(self.metrics, [c for c, _, _ in ROUND_COLUMNS], rows)
+        columns = [c for c, _, _ in ROUND_COLUMNS]
+        for r in self.records:  # the task's other metrics, in the order they first appear
+            columns += [k for k in task_metrics(r) if k not in columns]
+        _write_csv(self.metrics, columns, rows)
         evaluated = [r for r in self.records if r.get("test_acc")]
         n = max((len(r["test_acc"]) for r in evaluated), default=0)
         names = [f"agent_{i}" for i in range(n)]
@@ -121,8 +127,9 @@ class _TensorBoard:
     def round_done(self, rec: dict) -> None:
         step = rec["round"]
         for column, value in _in_units(rec).items():
-            if column in _TAGS and value is not None:
-                self.writer.add_scalar(_TAGS[column], value, global_step=step)
+            tag = _TAGS.get(column) or (f"test/{column[len('test_'):]}" if column in task_metrics(rec) else None)
+            if tag is not None and value is not None:
+                self.writer.add_scalar(tag, value, global_step=step)
         self.writer.flush()
 
     def close(self) -> None:

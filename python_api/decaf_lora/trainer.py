@@ -40,20 +40,20 @@ from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
 from .exports import is_export, write_export
+from .memory import max_over_processes, peak_memory
 from .models import build_lora_model, classifier_kind, pick_device
 from .peer import frozen_digest
 from .processes import Group, Placement, join
+from .progress import RoundProgress
+from .report import TIMES, summarise
 from .tasks import add_sums, make_task
+from .trackers import Reporters
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
 from .runfiles import check_out_dir as _check_out_dir
 
 __all__ = ["Experiment", "RunResult", "Trainer", "compare", "summarise", "check_out_dir", "check_export_path",
            "atomic_write_bytes", "CHECKPOINT_FORMAT"]
-
-# what a process measures per round (seconds), reported as the maximum over processes
-TIMES = ("time_local", "time_wait", "time_comm", "time_consensus", "time_eval")
-
 
 def _versions() -> dict:
     import peft
@@ -119,7 +119,7 @@ class Trainer:
         self.out_dir = Path(c.out_dir) / c.algorithm
         self.algorithm = make_algorithm(c.algorithm, split=c.split, consensus_method=c.consensus_method,
                                         moments=c.moments)
-        self.task = make_task(c.task, loss, completions=c.prompt_column is not None)
+        self.task = make_task(c.task, loss, completions=self.exp.lm and self.exp.train.has_prompts)
         if collator is not None and not callable(collator):
             raise TypeError(f"collator must be a callable (list of examples) -> batch, got {type(collator).__name__}")
         self.collator = collator
@@ -332,6 +332,7 @@ class Trainer:
         if evaluated:
             mine["eval"] = self._evaluate_local(everyone)
         mine["time_eval"] = time.perf_counter() - t2
+        mine.update(peak_memory(self.device))
         parts = self.group.all_gather_object(mine, "gathering the round's metrics")
         if not self.main:
             return {}
@@ -352,6 +353,7 @@ class Trainer:
                     "bytes_wire_total": self.bytes_wire_total,
                     "bytes_diagnostic": sum(p["bytes_diagnostic"] for p in parts), "processes": self.group.world})
         rec.update({k: round(max(p[k] for p in parts), 4) for k in TIMES})
+        rec.update(max_over_processes(parts))
         return rec
 
     def run(self, *, resume: bool = False, overwrite: bool = False) -> RunResult:
@@ -391,9 +393,9 @@ class Trainer:
             lines = [header] + [dict(event="round", **h) for h in self.history]
             atomic_write_bytes(log_path, lambda p: p.write_text("".join(json.dumps(x) + "\n" for x in lines)))
         self.group.barrier("the start of the run")
-        bar = _progress(c, self.round, enabled=self.main)
-        last_eval = next((h for h in reversed(self.history) if h.get("test_acc_mean") is not None), None)
-        with (open(log_path, "a") if self.main else contextlib.nullcontext()) as log_file:
+        progress = RoundProgress(c, self.round, enabled=self.main, history=self.history)
+        reporters = Reporters(c, self.out_dir, history=self.history, enabled=self.main)
+        with (open(log_path, "a") if self.main else contextlib.nullcontext()) as log_file, progress, reporters:
             while self.round < c.rounds:
                 t0 = time.perf_counter()
                 rec = self._round()
@@ -403,19 +405,11 @@ class Trainer:
                     self.history.append(rec)
                     log_file.write(json.dumps(dict(event="round", **rec)) + "\n")
                     log_file.flush()
-                    if rec["test_acc_mean"] is not None:
-                        last_eval = rec
+                    reporters.round_done(rec)
                 if c.checkpoint_every and (self.round % c.checkpoint_every == 0 or self.round == c.rounds):
                     self.save_checkpoint(ckpt_path)
-                bar.update(1)
                 if self.main:
-                    post = {"loss": f"{rec['train_loss']:.3f}"}
-                    if last_eval is not None:
-                        post["acc"] = f"{last_eval['test_acc_mean']:.3f}"
-                    if rec["consensus_distance_rel"] is not None:
-                        post["cdist"] = f"{rec['consensus_distance_rel']:.2e}"
-                    bar.set_postfix(post, refresh=False)
-        bar.close()
+                    progress.round_done(rec)
         return RunResult(c.algorithm, self.history, self.out_dir, c, summarise(self.history))
 
     # ------------------------------------------------------------------------------------------------ state
@@ -523,31 +517,6 @@ def _eval_record(parts: List[dict]) -> dict:
 def check_export_path(path: Union[str, Path]) -> None:
     """FileExistsError unless ``path`` is free or an earlier export (which :meth:`Trainer.export` replaces)."""
     check_replaceable(Path(path), is_export)
-
-
-def _progress(config: TrainConfig, start: int, *, enabled: bool = True):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=config.rounds, initial=start, desc=f"{config.algorithm:<9}", unit="round",
-                disable=not (config.progress and enabled), dynamic_ncols=True, leave=True)
-
-
-def summarise(history: List[dict]) -> dict:
-    """The final row of a run: its last evaluated metrics, last consensus distance, bytes and time."""
-    if not history:
-        return {}
-    last = history[-1]
-    ev = next((h for h in reversed(history) if h.get("test_acc_mean") is not None), {})
-    return {"rounds": last["round"], "train_loss": last["train_loss"],
-            "test_acc_mean": ev.get("test_acc_mean"), "test_acc_min": ev.get("test_acc_min"),
-            "test_acc_avg_model": ev.get("test_acc_avg_model"),
-            # the task's other metrics (test loss; a causal LM's perplexity, token accuracy, exact match)
-            **{k: v for k, v in ev.items() if k.startswith("test_") and k.endswith(("_mean", "_avg_model"))
-               and k not in ("test_acc_mean", "test_acc_avg_model")},
-            "consensus_distance": last["consensus_distance"], "consensus_distance_rel": last["consensus_distance_rel"],
-            "interference_rel": last["interference_rel"], "bytes_total": last["bytes_total"],
-            "bytes_wire_total": last.get("bytes_wire_total"), "wall_time": last["wall_time"],
-            **{k: sum(h.get(k) or 0.0 for h in history) for k in TIMES}}
 
 
 def check_out_dir(config: TrainConfig, algorithms: List[str], *, resume: bool, overwrite: bool) -> None:
