@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import shutil
@@ -198,3 +199,191 @@ def test_hub_id_in_the_local_cache_is_used_and_a_missing_one_is_refused(tiny_ber
         resolve_model_path("decaf-test/not-there")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         resolve_model_path("./not/a/folder")
+
+
+# ------------------------------------------------------------------------------------------------ causal LM
+
+
+def _lm_config(model, data, tmp_path, **kw) -> TrainConfig:
+    return _config(model, data, tmp_path, task="causal_lm", prompt_column="prompt", completion_column="completion",
+                   **kw)
+
+
+def test_causal_lm_on_prompt_completion_pairs_trains_and_exports_load_with_peft_and_pipeline(tiny_llama, lm_jsonl,
+                                                                                             tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    tr = Trainer(_lm_config(tiny_llama, lm_jsonl, tmp_path, rounds=3, lr=1e-2), log=lambda *_: None)
+    assert tr.model.decaf_kind == "causal_lm" and tr.exp.label_names is None and tr.config.partition == "iid"
+    # the task's loss is the one transformers computes from the same labels (prompt and padding at -100)
+    batch = tr.exp.train_tok.batch(torch.arange(8))
+    assert (batch["labels"][:, 0] == -100).all() and (batch["labels"] != -100).any()
+    with torch.no_grad():
+        hf_loss = tr.model(**batch).loss
+        torch.testing.assert_close(tr.task.loss(tr.model, batch), hf_loss)
+    result = tr.run()
+    first, last = result.history[0], result.history[-1]
+    for k in ("test_perplexity_mean", "test_perplexity_avg_model", "test_token_acc_mean", "test_exact_match_mean",
+              "test_loss_avg_model"):
+        assert last[k] is not None, k
+    assert last["test_perplexity_avg_model"] == pytest.approx(math.exp(last["test_loss_avg_model"]))
+    assert last["test_acc_mean"] == last["test_exact_match_mean"]  # pairs: accuracy is the exact-match rate
+    assert last["train_loss"] < first["train_loss"]
+    assert {"test_perplexity_mean", "test_perplexity_avg_model"} <= set(result.summary)
+    metrics_csv = (Path(tr.config.out_dir) / "decaf" / "metrics.csv").read_text().splitlines()
+    assert "test_perplexity_mean" in metrics_csv[0].split(",") and len(metrics_csv) == 1 + 3
+
+    path = tr.export(tmp_path / "export")
+    adapter = json.loads((path / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "CAUSAL_LM" and adapter["base_model_name_or_path"] == str(Path(tiny_llama).resolve())
+    tr.stacks.load_factors(*tr.averaged_adapter())
+    expected = _logits(tr.model, _batch(tr))
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(path))
+    torch.testing.assert_close(_logits(loaded, _batch(tr)), expected, atol=1e-5, rtol=1e-5)
+    whole = AutoModelForCausalLM.from_pretrained(str(tr.export(tmp_path / "merged", merged=True)))
+    torch.testing.assert_close(_logits(whole, _batch(tr)), expected, atol=1e-4, rtol=1e-4)
+
+    # pipeline() loads the export's folder (adapter, base model, tokenizer); its greedy continuation is the
+    # adapted model's
+    prompt = tr.exp.test.prompts[0]
+    gen = pipeline("text-generation", model=str(path))(prompt, max_new_tokens=6, do_sample=False,
+                                                        return_full_text=False)[0]["generated_text"]
+    tok = AutoTokenizer.from_pretrained(str(path))  # the export's own copy
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        seq = loaded.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert gen.strip() == tok.decode(seq[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_causal_lm_on_plain_text_scores_next_token_accuracy(tiny_llama, lm_jsonl, tmp_path):
+    tr = Trainer(_config(tiny_llama, lm_jsonl, tmp_path, task="causal_lm", rounds=1, algorithm="dlora"),
+                 log=lambda *_: None)
+    file_texts = {json.loads(line)["text"] for line in Path(lm_jsonl).read_text().splitlines()}
+    assert not tr.exp.train.has_prompts and set(tr.exp.train.texts) <= file_texts
+    # every token of a text is learned (all but the special prefix; the eos is appended)
+    batch = tr.exp.train_tok.batch(torch.arange(4))
+    assert ((batch["labels"] != -100).sum(1) == batch["attention_mask"].sum(1) - 1).all()
+    last = tr.run().history[-1]
+    assert last["test_acc_mean"] == last["test_token_acc_mean"]  # plain texts: accuracy is per token
+    assert last["test_perplexity_mean"] > 1.0
+
+
+# ------------------------------------------------------------------------------------------------ decaf predict
+
+
+def _predict(argv, capsys) -> list:
+    from decaf_lora import cli
+
+    assert cli.main(["predict", *argv]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_decaf_predict_labels_texts_as_the_exported_classifier_does(tiny_bert, cls_csv, tmp_path, capsys):
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    tr = Trainer(_config(tiny_bert, cls_csv, tmp_path, rounds=1), log=lambda *_: None)
+    tr.run()
+    path = tr.export(tmp_path / "export")
+    texts = tr.exp.test.texts[:3]
+    rows = _predict([str(path), "--text", texts[0], "--text", texts[1], "--text", texts[2], "--batch-size", "2"],
+                    capsys)
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(path), **label_kwargs(path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    for text, row in zip(texts, rows):  # each text alone, unpadded: batching and padding change nothing
+        with torch.no_grad():
+            prob = torch.softmax(model(**tok(text, return_tensors="pt")).logits[0], -1)
+        assert row["text"] == text and row["label"] == tr.exp.label_names[int(prob.argmax())]
+        assert row["score"] == pytest.approx(float(prob.max()), abs=1e-5)
+    assert len(rows) == 3
+
+    # a CSV's text column (the run's), into a file; a file that exists is never overwritten
+    out = tmp_path / "pred.jsonl"
+    from decaf_lora import cli
+
+    assert cli.main(["predict", str(path), "--input", cls_csv, "--output", str(out)]) == 0
+    labels = [json.loads(x)["label"] for x in out.read_text().splitlines()]
+    assert len(labels) == 3 * 16 and set(labels) <= set(tr.exp.label_names)
+    before = out.read_text()
+    assert cli.main(["predict", str(path), "--text", "x", "--output", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == before
+    assert cli.main(["predict", str(tmp_path / "nowhere"), "--text", "x"]) == 2
+    assert "decaf: error: " in capsys.readouterr().err
+
+
+def test_decaf_predict_generates_what_the_model_generates_for_each_prompt_alone(tiny_llama, lm_jsonl, tmp_path,
+                                                                                 capsys):
+    from peft import AutoPeftModelForCausalLM
+
+    tr = Trainer(_lm_config(tiny_llama, lm_jsonl, tmp_path, rounds=1), log=lambda *_: None)
+    tr.run()
+    path = tr.export(tmp_path / "export")
+    prompts = ["dog", tr.exp.test.prompts[0], "a small cheese knife is a kind of"]  # of different lengths
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    rows = _predict([str(path), "--input", str(src), "--max-new-tokens", "5"], capsys)  # the run's prompt column
+    assert [r["prompt"] for r in rows] == prompts
+    model = AutoPeftModelForCausalLM.from_pretrained(str(path)).eval()
+    tok = tr.exp.tokenizer
+    for p, row in zip(prompts, rows):  # alone, unpadded, encoded as training encoded prompts ([CLS] + tokens)
+        ids = torch.tensor([[tok.cls_token_id] + tok(p, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                                 do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        assert row["generation"] == tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_encode_prompts_pads_on_the_left_and_keeps_the_end_of_long_prompts():
+    from decaf_lora.data import encode_prompts
+
+    tok = _tokenizer()
+    ids, mask = encode_prompts(tok, ["a dog", "the old common kind of dog"], max_length=4)
+    short = tok("a dog", add_special_tokens=False)["input_ids"]
+    long = tok("the old common kind of dog", add_special_tokens=False)["input_ids"]
+    assert ids[1].tolist() == [tok.cls_token_id] + long[-3:]
+    assert ids[0].tolist() == [tok.pad_token_id] * (3 - len(short)) + [tok.cls_token_id] + short
+    assert mask.tolist() == [[0] * (3 - len(short)) + [1] * (1 + len(short)), [1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="max_length"):
+        encode_prompts(tok, ["a"], max_length=1)
+
+
+# ------------------------------------------------------------------------------------------------ your own parts
+
+
+def test_your_own_model_loss_and_collator_train_as_the_built_in_ones(tiny_bert, cls_csv, tmp_path):
+    import torch.nn.functional as F
+    from transformers import DataCollatorWithPadding
+
+    from decaf_lora.models import build_lora_model
+
+    cfg = _config(tiny_bert, cls_csv, tmp_path, rounds=2, lora_dropout=0.1)
+    ref = Trainer(cfg.replace(out_dir=str(tmp_path / "ref")), log=lambda *_: None)
+    ref_hist = ref.run().history
+    calls = []
+
+    def loss(model, batch):  # the built-in loss written out: the history must not change
+        calls.append(batch["input_ids"].shape[0])
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return F.cross_entropy(out.logits.float(), batch["labels"])
+
+    model = build_lora_model(tiny_bert, task="classification", head="sequence_classification",
+                             label_names=ref.exp.label_names, rank=cfg.rank, lora_alpha=cfg.lora_alpha,
+                             target_modules=cfg.target_modules, lora_dropout=cfg.lora_dropout, use_rslora=cfg.rslora,
+                             seed=cfg.seed, pad_token_id=ref.exp.tokenizer.pad_token_id)
+    own = Trainer(cfg.replace(out_dir=str(tmp_path / "own")), ref.exp, log=lambda *_: None, model=model, loss=loss,
+                  collator=DataCollatorWithPadding(ref.exp.tokenizer))
+    assert own.model is model
+    own_hist = own.run().history
+    assert len(calls) == cfg.agents * cfg.comm_every * cfg.rounds
+
+    def strip(h):
+        return [{k: v for k, v in r.items() if k != "wall_time" and not k.startswith(("time_", "peak_"))} for r in h]
+
+    assert strip(own_hist) == strip(ref_hist)
+    # a model that is not peft's is refused with the reason
+    from transformers import AutoModelForSequenceClassification
+
+    plain = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
+    with pytest.raises((TypeError, ValueError), match="LoRA|lora|peft"):
+        Trainer(cfg.replace(out_dir=str(tmp_path / "plain")), ref.exp, log=lambda *_: None, model=plain)
