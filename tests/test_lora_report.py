@@ -110,6 +110,10 @@ def test_a_tasks_other_metrics_reach_the_summary_and_the_csv_files(tmp_path):
     metrics = read_csv(tmp_path / "decaf" / trackers.METRICS_CSV)
     assert [m["test_perplexity_mean"] for m in metrics] == ["", "5.0", "", "2.5"]
     assert list(metrics[0])[-3:] == ["test_perplexity_mean", "test_perplexity_avg_model", "test_exact_match_mean"]
+    # the terminal table shows a causal LM's perplexity; a classifier's table has no such column
+    shown = table([dict(algorithm="decaf", **s)]).splitlines()
+    assert "ppl mean" in shown[0] and "ppl avg-model" in shown[0] and "2.50" in shown[2] and "2.25" in shown[2]
+    assert "ppl" not in table([dict(algorithm="decaf", **summarise(history(rounds=4)))])
 
 
 # ------------------------------------------------------------------------------------------------ plot

@@ -23,7 +23,7 @@ from typing import List, Optional
 from ._checks import PeerError
 from .config import TrainConfig, config_fields, load_config_file
 from .names import (ALGORITHMS, CONSENSUS_METHODS, DATA_BUILTIN, GRAPHS, HEADS, MOMENT_POLICIES, PARTITIONS,
-                    REPORT_TO, SPLITS, TASKS, WEIGHTS, WIRE_DTYPES)
+                    SPLITS, TASKS, WEIGHTS, WIRE_DTYPES)
 
 
 def _one_of(names) -> str:
@@ -45,7 +45,8 @@ _HELP = {
     "lora_alpha": "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with --rslora)",
     "rslora": "rank-stabilised LoRA: scale alpha / sqrt(r)",
     "lora_dropout": "dropout on LoRA's input (each agent draws from its own random stream)",
-    "data": f"'{DATA_BUILTIN}' (the built-in task) or your .csv/.jsonl file",
+    "data": f"'{DATA_BUILTIN}' (the built-in task) or your data: a .csv/.jsonl/.parquet file or a datasets "
+            "save_to_disk folder (its train split; its test or validation split is the test set)",
     "test_data": "your test file; none: hold out --test-fraction of --data",
     "wordnet_path": "built-in task: WordNet's noun data file (Debian's wordnet-base)",
     "text_column": "your data: the column of the text",

@@ -90,6 +90,8 @@ class RoundProgress:
             if rec.get("test_acc_avg_model") is not None:
                 extra.append(f"avg-model {rec['test_acc_avg_model']:.3f}")
             parts.append(f"acc {rec['test_acc_mean']:.3f}" + (f" ({', '.join(extra)})" if extra else ""))
+            if rec.get("test_perplexity_mean") is not None:  # a causal LM
+                parts.append(f"ppl {rec['test_perplexity_mean']:.2f}")
         if rec.get("consensus_distance_rel") is not None:
             parts.append(f"cdist {rec['consensus_distance_rel']:.2e}")
         if rec.get("wall_time") is not None:

@@ -35,6 +35,15 @@ COLUMNS = (
 )
 """The terminal table: (summary key, title, format)."""
 
+_LM_COLUMNS = (("test_perplexity_mean", "ppl mean", "{:.2f}"), ("test_perplexity_avg_model", "ppl avg-model", "{:.2f}"))
+"""A causal LM's table also shows the perplexity, after the accuracies."""
+
+
+def _columns(rows: Sequence[dict]):
+    if not any(row.get("test_perplexity_mean") is not None for row in rows):
+        return COLUMNS
+    return COLUMNS[:4] + _LM_COLUMNS + COLUMNS[4:]
+
 # summary.csv: (column, summary key, divisor); the run's seed and settings follow (see summary_row)
 _CSV_METRICS = (
     [("rounds", "rounds", None), ("test_acc_mean", "test_acc_mean", None), ("test_acc_min", "test_acc_min", None),
@@ -92,17 +101,19 @@ def _cell(key: str, fmt: Optional[str], value) -> str:
 
 def table(rows: Sequence[dict]) -> str:
     """A fixed-width table of summary rows (one per algorithm)."""
-    header = [title for _, title, _ in COLUMNS]
-    body = [[_cell(k, f, row.get(k)) for k, _, f in COLUMNS] for row in rows]
+    columns = _columns(rows)
+    header = [title for _, title, _ in columns]
+    body = [[_cell(k, f, row.get(k)) for k, _, f in columns] for row in rows]
     widths = [max(len(h), *(len(r[j]) for r in body)) if body else len(h) for j, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    header = [title for _, title, _ in COLUMNS]
+    columns = _columns(rows)
+    header = [title for _, title, _ in columns]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_cell(k, f, row.get(k)) for k, _, f in COLUMNS) + " |" for row in rows]
+    out += ["| " + " | ".join(_cell(k, f, row.get(k)) for k, _, f in columns) + " |" for row in rows]
     return "\n".join(out)
 
 
