@@ -551,6 +551,17 @@ def test_hugging_face_datasets_through_experiment(tiny_model, tiny_csv, tmp_path
     alone = Experiment(cfg.replace(test_fraction=0.25), train=FakeHF(rows), log=lambda *_: None)
     assert (len(alone.train), len(alone.test)) == (len(ds) - round(0.25 * len(ds)), round(0.25 * len(ds)))
     assert alone.label_names == exp.label_names
+    # a networkx graph (or a Topology) as the graph; config.weights makes W
+    nx = pytest.importorskip("networkx")
+    from decaf_lora import Topology
+
+    ring = Experiment(cfg.replace(graph="complete"), train=train, test=test, graph=nx.cycle_graph(cfg.agents),
+                      log=lambda *_: None)
+    assert torch.equal(ring.topology.W, Topology.build("ring", cfg.agents, weights=cfg.weights).W)
+    star = Topology.build("star", cfg.agents)
+    assert Experiment(cfg, train=train, test=test, graph=star, log=lambda *_: None).topology is star
+    with pytest.raises(ValueError, match="does not match the networkx graph"):
+        Experiment(cfg, train=train, test=test, graph=nx.cycle_graph(cfg.agents + 1), log=lambda *_: None)
     with pytest.raises(ValueError, match="test was given without train"):
         Experiment(cfg, test=test, log=lambda *_: None)
     with pytest.raises(TypeError, match="train must be a TextDataset"):

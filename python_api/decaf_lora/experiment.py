@@ -31,19 +31,29 @@ class Experiment:
     the config's column names. Without ``test``, a ``DatasetDict``'s test (or validation) split is the test set,
     else ``test_fraction`` of ``train`` is held out.
 
+    The graph is ``config.graph`` (with ``config.weights``), or ``graph``: a networkx graph (agent ``i`` is its
+    ``i``-th node in sorted order; ``config.weights`` makes W, as for a built-in graph) or a
+    :class:`~decaf_lora.topology.Topology`; it must have ``config.agents`` nodes.
+
     Raises (before any training): FileNotFoundError for missing data or model files, TypeError for datasets that
     do not fit the task, ValueError for a graph that is not connected, a partition that leaves an agent without
     data, and the like.
     """
 
-    def __init__(self, config: TrainConfig, *, train: Any = None, test: Any = None,
+    def __init__(self, config: TrainConfig, *, train: Any = None, test: Any = None, graph: Any = None,
                  log: Callable[[str], None] = print):
         self.config = c = config
         self.lm = c.task == "causal_lm"
         self.train, self.test, source = self._load(c, train, test)
         self.label_names = None if self.lm else list(self.train.label_names)
-        self.topology = Topology.build(c.graph, c.agents, weights=c.weights, time_varying=c.time_varying, p=c.er_p,
-                                       seed=c.seed, adjacency_source=c.adjacency)
+        if isinstance(graph, Topology):
+            if graph.n != c.agents:
+                raise ValueError(f"graph has {graph.n} agents, config.agents is {c.agents}")
+            self.topology = graph
+        else:
+            self.topology = Topology.build(c.graph if graph is None else graph, c.agents, weights=c.weights,
+                                           time_varying=c.time_varying, p=c.er_p, seed=c.seed,
+                                           adjacency_source=c.adjacency)
         labels = None if self.lm else self.train.labels
         self.parts = D.partition(labels, c.agents, c.partition, n=len(self.train), alpha=c.dirichlet_alpha,
                                  shards_per_agent=c.shards_per_agent, seed=c.seed)
