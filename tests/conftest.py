@@ -35,6 +35,19 @@ def star_asymmetric(n: int, dtype=torch.float64) -> torch.Tensor:
 GRAPHS = {"ring": ring, "complete": complete, "star": star_asymmetric}
 
 
+def save_tiny_bert(path, tokenizer, seed: int = 1234) -> str:
+    """A 2-layer BERT (hidden size 32) with random weights drawn under ``seed``, saved with ``tokenizer`` to
+    ``path`` like any local transformers model (decaf_lora's tests: nothing is downloaded)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def oracle(B, A, W, rank):
     """float64 LAPACK (numpy) truncated SVD of every M_i: returns M (.., d, k), M_r, singular values."""
     Bn = B.detach().to(torch.float64).cpu().numpy()

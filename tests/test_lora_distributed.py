@@ -25,6 +25,7 @@ if not torch.distributed.is_available():  # pragma: no cover - every supported b
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import save_tiny_bert  # noqa: E402
 from _torchrun import finish, torchrun  # noqa: E402
 from decaf_lora import TrainConfig  # noqa: E402
 from decaf_lora.checkpoints import read_agents  # noqa: E402
@@ -43,15 +44,8 @@ CLOCK = ("wall_time", "time_local", "time_wait", "time_comm", "time_consensus", 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """A 2-layer BERT (hidden 32) with the MiniLM tokenizer, and a 4-class CSV task."""
-    from transformers import BertConfig, BertModel
-
     root = tmp_path_factory.mktemp("dist-task")
-    tok = load_tokenizer(BUILTIN_MODEL)
-    torch.manual_seed(1234)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(root / "tiny")
-    tok.save_pretrained(root / "tiny")
+    save_tiny_bert(root / "tiny", load_tokenizer(BUILTIN_MODEL))
     rng = random.Random(7)
     words = {"animal": ["dog", "cat", "horse", "bird"], "food": ["bread", "cheese", "apple", "soup"],
              "tool": ["hammer", "saw", "drill", "axe"], "place": ["city", "river", "valley", "island"]}

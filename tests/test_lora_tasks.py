@@ -23,6 +23,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import save_tiny_bert  # noqa: E402
 from decaf_lora import TrainConfig, Trainer  # noqa: E402
 from decaf_lora.exports import label_kwargs, load_export  # noqa: E402
 from decaf_lora.models import BUILTIN_MODEL, load_tokenizer, model_reference, resolve_model_path  # noqa: E402
@@ -43,16 +44,7 @@ def _tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
-    from transformers import BertConfig, BertModel
-
-    tok = _tokenizer()
-    torch.manual_seed(1234)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), _tokenizer())
 
 
 @pytest.fixture(scope="session")

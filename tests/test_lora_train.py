@@ -17,6 +17,7 @@ pytest.importorskip("peft", reason="decaf_lora needs the [lora] extra (transform
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import save_tiny_bert  # noqa: E402
 from decaf_lora import TrainConfig, Trainer, algorithms as ALG  # noqa: E402
 from decaf_lora import cli  # noqa: E402
 from decaf_lora.adapters import AgentStacks  # noqa: E402
@@ -39,16 +40,7 @@ FILLER = ["a", "the", "some", "kind", "of", "small", "large", "old", "common", "
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer BERT with hidden size 32 and the MiniLM tokenizer, saved like any local transformers model."""
-    from transformers import BertConfig, BertModel
-
-    tok = load_tokenizer(BUILTIN_MODEL)
-    torch.manual_seed(1234)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), load_tokenizer(BUILTIN_MODEL))
 
 
 @pytest.fixture(scope="session")
