@@ -156,6 +156,26 @@ def test_plot_has_every_piece(tmp_path):
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_of_a_run_evaluated_once_has_whole_rounds_and_names_a_causal_lms_accuracy():
+    import matplotlib.pyplot as plt
+
+    from decaf_lora.report import accuracy_name
+
+    lm = TrainConfig(task="causal_lm", data="x.jsonl", prompt_column="p", completion_column="c")
+    assert accuracy_name(lm) == "test exact match" and accuracy_name(TrainConfig()) == "test accuracy"
+    assert accuracy_name(lm.replace(prompt_column=None, completion_column=None)) == "test next-token accuracy"
+    fig = figure({"decaf": history(rounds=3, eval_every=5)}, acc_label=accuracy_name(lm))  # evaluated at round 3 only
+    try:
+        ax_acc, ax_mb, ax_cd = fig.axes[:3]
+        fig.canvas.draw()
+        for ax in (ax_acc, ax_cd):
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks == [1.0, 2.0, 3.0], ticks
+        assert ax_acc.get_ylabel() == ax_mb.get_ylabel() == "test exact match"
+    finally:
+        plt.close(fig)
+
+
 def test_plot_copes_with_records_that_lack_the_band_and_averaged_model():
     import matplotlib.pyplot as plt
 

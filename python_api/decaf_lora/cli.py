@@ -40,7 +40,8 @@ _HELP = {
              "Hub id in the local cache",
     "head": "classification head: " + _one_of(HEADS) + " (auto: mean pooling for the built-in model, the "
             "Auto class's own head otherwise)",
-    "target_modules": "comma-separated names of the linear layers peft adapts",
+    "target_modules": "comma-separated names of the linear layers peft adapts; auto: peft's default for the "
+                      "architecture (q_proj,v_proj for Llama)",
     "rank": "LoRA rank r",
     "lora_alpha": "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with --rslora)",
     "rslora": "rank-stabilised LoRA: scale alpha / sqrt(r)",

@@ -162,13 +162,22 @@ def write_csv(rows: Sequence[dict], path: Path, configs: Optional[Sequence] = No
 # ---------------------------------------------------------------------------------------------------- plot
 
 
-def figure(histories: Dict[str, List[dict]], *, title: str = ""):
+def accuracy_name(config=None) -> str:
+    """What a run's ``acc`` measures, for axis labels: a causal LM's exact match of the completions (prompt/completion
+    data) or its next-token accuracy (plain texts); a classifier's accuracy."""
+    if config is None or getattr(config, "task", "classification") != "causal_lm":
+        return "test accuracy"
+    return "test exact match" if config.prompt_column is not None else "test next-token accuracy"
+
+
+def figure(histories: Dict[str, List[dict]], *, title: str = "", acc_label: str = "test accuracy"):
     """The comparison figure (a matplotlib Figure, Agg backend; close it with ``plt.close(fig)``).
 
     Three panels, one colour per algorithm: test accuracy vs round (solid: mean over agents, with a band from
     the worst to the best agent; dotted: the averaged model), the same accuracies vs megabytes sent (cumulative,
-    modelled), and the consensus distance vs round. Round axes have integer ticks. One legend below the panels
-    names the algorithms and the line styles.
+    modelled), and the consensus distance vs round. Round axes have integer ticks and start at round 1. One legend
+    below the panels names the algorithms and the line styles. ``acc_label``: what the accuracy is
+    (:func:`accuracy_name`).
     """
     import matplotlib
 
@@ -206,12 +215,15 @@ def figure(histories: Dict[str, List[dict]], *, title: str = ""):
     styles = [Line2D([], [], color="0.3", linestyle="-", label="mean over agents"),
               Line2D([], [], color="0.3", linestyle=":", linewidth=1.8, label="averaged model"),
               Patch(facecolor="0.3", alpha=0.25, label="worst to best agent")]
-    ax_acc.set(xlabel="round", ylabel="test accuracy", title="accuracy vs round")
-    ax_mb.set(xlabel="MB sent (cumulative, modelled)", ylabel="test accuracy", title="accuracy vs communication")
+    ax_acc.set(xlabel="round", ylabel=acc_label, title="accuracy vs round")
+    ax_mb.set(xlabel="MB sent (cumulative, modelled)", ylabel=acc_label, title="accuracy vs communication")
     ax_cd.set(xlabel="round", ylabel="consensus distance of s*B*A (relative)",
               title="consensus distance (server methods: 0, not drawn)")
+    last = max((h["round"] for hist in histories.values() for h in hist), default=1)
     for ax in (ax_acc, ax_cd):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)  # a run evaluated once still gets whole rounds on its axis
+    ax_mb.set_xlim(left=0.0)  # communication starts at nothing
     for ax in (ax_acc, ax_mb, ax_cd):
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3, which="both")
@@ -225,11 +237,11 @@ def figure(histories: Dict[str, List[dict]], *, title: str = ""):
     return fig
 
 
-def plot(histories: Dict[str, List[dict]], path: Path, *, title: str = "") -> None:
+def plot(histories: Dict[str, List[dict]], path: Path, *, title: str = "", acc_label: str = "test accuracy") -> None:
     """Write :func:`figure` as a PNG, atomically."""
     import matplotlib.pyplot as plt
 
-    fig = figure(histories, title=title)
+    fig = figure(histories, title=title, acc_label=acc_label)
     try:
         atomic_write_bytes(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
@@ -241,6 +253,7 @@ def write_outputs(results: List, out_dir: Path, *, title: str = "") -> dict:
     out_dir = Path(out_dir)
     rows = [dict(algorithm=r.algorithm, **(summarise(r.history) if r.history else r.summary)) for r in results]
     write_csv(rows, out_dir / SUMMARY, [getattr(r, "config", None) for r in results])
-    plot({r.algorithm: r.history for r in results}, out_dir / PLOT, title=title)
+    plot({r.algorithm: r.history for r in results}, out_dir / PLOT, title=title,
+         acc_label=accuracy_name(getattr(results[0], "config", None) if results else None))
     return {"csv": out_dir / SUMMARY, "plot": out_dir / PLOT, "table": table(rows),
             "markdown": markdown_table(rows)}
