@@ -15,8 +15,9 @@ OLDEST_DEPS := $(OLDEST)/.deps-installed
 OLDEST_STAMP := $(OLDEST)/.installed
 # (decaf_lora is installed there too but never imported, so its edits do not trigger a rebuild)
 OLDEST_SOURCES := $(shell find csrc -type f) $(shell find decaf_kernels -name '*.py') setup.py pyproject.toml
-# decaf_lora's tests need the training stack (transformers, peft, ...), which only .venv has
-OLDEST_TESTS := --ignore-glob='tests/test_lora_*' tests
+# decaf_lora's tests need the training stack (transformers, peft, ...), which only .venv has; the packaging tests
+# (setup.py's choices, the sdist/wheel round trip with `build`) do not depend on torch's version and run in .venv
+OLDEST_TESTS := --ignore-glob='tests/test_lora_*' --ignore=tests/test_packaging.py tests
 
 # $(call pip_quiet,<pip command>,<log file>): pip's whole output goes to the log; the console gets the Downloading
 # lines (with sizes: progress in CI logs), retries and the summary, and on a failure the end of the log.
