@@ -223,7 +223,9 @@ def figure(histories: Dict[str, List[dict]], *, title: str = "", acc_label: str 
     for ax in (ax_acc, ax_cd):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.5, last + 0.5)  # a run evaluated once still gets whole rounds on its axis
-    ax_mb.set_xlim(left=0.0)  # communication starts at nothing
+    hi = ax_mb.get_xlim()[1]
+    if hi > 0:  # communication starts at nothing; a margin keeps the points of local training (0 MB) in view
+        ax_mb.set_xlim(-0.03 * hi, hi)
     for ax in (ax_acc, ax_mb, ax_cd):
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3, which="both")
