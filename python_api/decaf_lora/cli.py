@@ -80,7 +80,8 @@ _HELP = {
     "split": "how consensus splits singular values between B and A: " + _one_of(SPLITS),
     "consensus_method": "DeCAF's truncated SVD: " + _one_of(CONSENSUS_METHODS),
     "eval_every": "evaluate every K rounds (and at the last)",
-    "eval_batch_size": "examples per evaluation batch",
+    "eval_batch_size": "test examples per evaluation batch; each batch goes through the model once for every agent "
+                       "and the averaged model together (up to 16 of them: rows = this x adapters)",
     "seed": "seed of the data split, partition, graph, initialisation and every agent's random streams",
     "device": "cpu, cuda, cuda:N or auto",
     "out_dir": "output folder: summary.csv, plot.png, decaf_run.json and one folder per algorithm; a non-empty "

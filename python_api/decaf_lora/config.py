@@ -77,7 +77,7 @@ class TrainConfig:
     consensus_method: str = "exact"
     # evaluation and output
     eval_every: int = 5
-    eval_batch_size: int = 128
+    eval_batch_size: int = 16  # test examples per batch and adapter; every adapter rides in one pass
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs/decaf"

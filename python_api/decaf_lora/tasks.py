@@ -13,7 +13,7 @@ A user's own loss (``Trainer(..., loss=fn)``) replaces the training loss: ``fn(m
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,25 +27,41 @@ def _forward(model, batch: Dict[str, torch.Tensor]):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
-class ClassificationTask:
+class _Task:
+    """What both tasks evaluate the same way: their ``sums(logits, labels)`` over one batch or per segment."""
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch) -> Dict[str, float]:
+        """The evaluation sums of one batch."""
+        return self.sums(model_output_logits(_forward(model, batch)), batch["labels"])
+
+    @torch.no_grad()
+    def segment_sums(self, model, batch, n: int) -> List[Dict[str, float]]:
+        """The evaluation sums of each of the ``n`` equal segments of ``batch`` (one per agent: see
+        :class:`decaf_lora.fused.StackedAgents`), from one forward pass."""
+        logits = model_output_logits(_forward(model, batch))
+        return [self.sums(lg, lb) for lg, lb in zip(logits.chunk(n), batch["labels"].chunk(n))]
+
+
+class ClassificationTask(_Task):
     name = "classification"
 
     def loss(self, model, batch) -> torch.Tensor:
         return F.cross_entropy(model_output_logits(_forward(model, batch)).float(), batch["labels"])
 
-    @torch.no_grad()
-    def eval_sums(self, model, batch) -> Dict[str, float]:
-        logits = model_output_logits(_forward(model, batch)).float()
-        return {"correct": float((logits.argmax(-1) == batch["labels"]).sum()),
-                "loss_sum": float(F.cross_entropy(logits, batch["labels"], reduction="sum")),
-                "count": float(batch["labels"].shape[0])}
+    @staticmethod
+    def sums(logits, labels) -> Dict[str, float]:
+        logits = logits.float()
+        return {"correct": float((logits.argmax(-1) == labels).sum()),
+                "loss_sum": float(F.cross_entropy(logits, labels, reduction="sum")),
+                "count": float(labels.shape[0])}
 
     @staticmethod
     def metrics(sums: Dict[str, float]) -> Dict[str, float]:
         return {"acc": sums["correct"] / sums["count"], "loss": sums["loss_sum"] / sums["count"]}
 
 
-class CausalLMTask:
+class CausalLMTask(_Task):
     """``completions``: the data are prompt/completion pairs, and ``acc`` is the exact-match rate of the
     completions; otherwise (plain texts) ``acc`` is the next-token accuracy."""
 
@@ -63,9 +79,9 @@ class CausalLMTask:
         logits, target = self._shifted(model, batch)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
 
-    @torch.no_grad()
-    def eval_sums(self, model, batch) -> Dict[str, float]:
-        logits, target = self._shifted(model, batch)
+    @staticmethod
+    def sums(logits, labels) -> Dict[str, float]:
+        logits, target = logits[:, :-1].float(), labels[:, 1:]
         counted = target != IGNORE
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
                                reduction="sum")

@@ -40,6 +40,7 @@ from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
 from .exports import is_export, write_export
+from .fused import StackedAgents, repeat_batch
 from .memory import max_over_processes, peak_memory
 from .models import build_lora_model, classifier_kind, pick_device
 from .peer import frozen_digest
@@ -51,6 +52,9 @@ from .trackers import Reporters
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
 from .runfiles import check_out_dir as _check_out_dir
+
+# evaluation runs this many adapters through the model per test batch (memory grows with it)
+EVAL_AGENTS_PER_PASS = 16
 
 __all__ = ["Experiment", "RunResult", "Trainer", "compare", "summarise", "check_out_dir", "check_export_path",
            "atomic_write_bytes", "CHECKPOINT_FORMAT"]
@@ -272,25 +276,40 @@ class Trainer:
         return out, mean
 
     @torch.no_grad()
-    def _metrics_of_loaded(self) -> dict:
-        """The task's test metrics (``acc``, ``loss``, and for causal LMs ``perplexity`` and the like) of the
-        adapter loaded in the model."""
-        sums: dict = {}
-        for idx in self.exp.test_batches:
-            add_sums(sums, self.task.eval_sums(self.model, self._batch(self.exp.test_tok, idx)))
-        return self.task.metrics(sums)
+    def _metrics_of(self, factors, dense) -> List[dict]:
+        """The task's test metrics (``acc``, ``loss``, and for causal LMs ``perplexity`` and the like) of each of
+        the n adapters ``factors`` (per group ``(B (n, L, d, r), A (n, L, r, k))``) and ``dense`` (``(n, ...)``):
+        each test batch goes through the model once for all of them (:mod:`decaf_lora.fused`), in passes of at most
+        ``EVAL_AGENTS_PER_PASS`` adapters."""
+        n = factors[0][0].shape[0]
+        sums: List[dict] = [{} for _ in range(n)]
+        for lo in range(0, n, EVAL_AGENTS_PER_PASS):
+            hi = min(n, lo + EVAL_AGENTS_PER_PASS)
+            with StackedAgents(self.stacks, [(B[lo:hi], A[lo:hi]) for B, A in factors],
+                               {k: t[lo:hi] for k, t in dense.items()}):
+                for idx in self.exp.test_batches:
+                    batch = repeat_batch(self._batch(self.exp.test_tok, idx), hi - lo)
+                    for i, part in enumerate(self.task.segment_sums(self.model, batch, hi - lo)):
+                        add_sums(sums[lo + i], part)
+        return [self.task.metrics(s) for s in sums]
 
     def _evaluate_local(self, everyone) -> dict:
         """This process's agents' test metrics, one list per metric; rank 0 also the averaged model's (``avg``)."""
         self.model.eval()
+        factors = [(g.B, g.A) for g in self.stacks.groups]
+        dense = dict(self.stacks.dense)
+        if self.main:  # the averaged model rides along as one more adapter
+            avg_factors, avg_dense = self.averaged_adapter(everyone)
+            factors = [(torch.cat([B, Bm.unsqueeze(0).to(B)]), torch.cat([A, Am.unsqueeze(0).to(A)]))
+                       for (B, A), (Bm, Am) in zip(factors, avg_factors)]
+            dense = {k: torch.cat([t, avg_dense[k].unsqueeze(0).to(t)]) for k, t in dense.items()}
+        metrics = self._metrics_of(factors, dense)
         out: dict = {}
-        for slot in range(len(self.local)):
-            self.stacks.load_agent(slot)
-            for k, v in self._metrics_of_loaded().items():
+        for m in metrics[:len(self.local)]:
+            for k, v in m.items():
                 out.setdefault(k, []).append(v)
         if self.main:
-            self.stacks.load_factors(*self.averaged_adapter(everyone))
-            out["avg"] = self._metrics_of_loaded()
+            out["avg"] = metrics[-1]
         self.model.train()
         return out
 

@@ -1,0 +1,134 @@
+"""Many agents' forward passes as one pass over the shared frozen model.
+
+All agents share the frozen base; they differ only in their LoRA factors and their dense trainable parameters (the
+head). A batch made of n equal segments along dimension 0 goes through the model once: the base layers see all of
+it, and in every adapted layer segment i gets its delta ``s * x_i A_i^T B_i^T`` from slot i of the stacks (two
+batched matmuls straight from the ``(n, L, d, r)`` / ``(n, L, r, k)`` stacks, nothing copied into the model); every
+module that owns a dense trainable parameter runs segment i with slot i of that parameter's stack
+(``torch.func.vmap`` over ``functional_call``). Which is what n separate passes of the per-agent model would compute,
+in one pass whose matmuls are n times larger and whose Python overhead is paid once.
+
+While :class:`StackedAgents` is active, peft's own LoRA computation in the adapted layers is switched off (their
+``_disable_adapters`` flag, restored on exit) and forward hooks add the stacked deltas; nothing else of the model
+changes. It serves evaluation (no dropout: the model must be in eval mode); the training loop still steps agents one
+after another.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["StackedAgents", "repeat_batch"]
+
+
+def repeat_batch(batch: Dict[str, Tensor], n: int) -> Dict[str, Tensor]:
+    """``batch`` with every tensor repeated ``n`` times along dimension 0: one segment per agent."""
+    return {k: v.repeat(n, *([1] * (v.dim() - 1))) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _segments(x: Tensor, n: int, what: str) -> int:
+    if x.shape[0] % n:
+        raise ValueError(f"{what}: a batch of {x.shape[0]} rows cannot be cut into {n} equal agent segments")
+    return x.shape[0] // n
+
+
+class StackedAgents:
+    """Within the ``with`` block, a forward pass of ``stacks.model`` on a batch of ``n`` equal segments computes
+    segment ``i`` with adapter ``i``: ``factors[g] = (B (n, L, d, r), A (n, L, r, k))`` per layer group of
+    ``stacks`` and ``dense[name]`` of shape ``(n, *param.shape)`` per dense trainable parameter.
+
+    Raises ValueError on entry if a shape does not fit ``stacks``, and in the pass if the model is in training mode
+    (LoRA dropout is not applied here) or a batch does not split into ``n`` equal segments.
+    """
+
+    def __init__(self, stacks, factors: Sequence[Tuple[Tensor, Tensor]], dense: Dict[str, Tensor]):
+        self.stacks = stacks
+        self.factors = list(factors)
+        self.dense = dict(dense)
+        if len(self.factors) != len(stacks.groups):
+            raise ValueError(f"factors has {len(self.factors)} groups, the stacks have {len(stacks.groups)}")
+        self.n = self.factors[0][0].shape[0]
+        for g, (B, A) in zip(stacks.groups, self.factors):
+            if B.shape[1:] != g.B.shape[1:] or A.shape[1:] != g.A.shape[1:] or B.shape[0] != self.n \
+                    or A.shape[0] != self.n:
+                raise ValueError(f"factors of shapes {tuple(B.shape)}, {tuple(A.shape)} do not fit the group "
+                                 f"({g.d}, {g.r}, {g.k}) with {len(g.names)} layers and n = {self.n}")
+        if set(self.dense) != set(stacks.dense):
+            raise ValueError(f"dense must hold {sorted(stacks.dense)}, got {sorted(self.dense)}")
+        for name, t in self.dense.items():
+            if t.shape != (self.n, *stacks.dense[name].shape[1:]):
+                raise ValueError(f"dense[{name!r}] has shape {tuple(t.shape)}, expected "
+                                 f"{(self.n, *stacks.dense[name].shape[1:])}")
+        self._handles: List = []
+        self._disabled: List[Tuple[nn.Module, bool]] = []
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _lora_hook(self, B: Tensor, A: Tensor, scale: float, name: str):
+        n = self.n
+
+        def hook(module, args, output):
+            if module.training:
+                raise ValueError("StackedAgents serves evaluation: put the model in eval mode (LoRA dropout is not "
+                                 "applied here)")
+            x = args[0]
+            _segments(x, n, name)
+            xs = x.reshape(n, -1, x.shape[-1]).to(A.dtype)
+            delta = torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B.transpose(1, 2)) * scale
+            return output + delta.reshape(output.shape).to(output.dtype)
+
+        return hook
+
+    def _dense_hook(self, params: Dict[str, Tensor], name: str):
+        n = self.n
+        from torch.func import functional_call, vmap
+
+        inside = []  # functional_call calls the module again, hooks included: that call keeps its output
+
+        def hook(module, args, output):
+            if inside:
+                return output
+            if not args or not all(isinstance(a, Tensor) for a in args):
+                raise ValueError(f"{name}: a module with a dense trainable parameter must take tensors only")
+            split = [a.reshape(n, _segments(a, n, name), *a.shape[1:]) for a in args]
+            inside.append(True)
+            try:
+                out = vmap(lambda p, *xs: functional_call(module, p, xs))(params, *split)
+            finally:
+                inside.pop()
+            return out.reshape(n * out.shape[1], *out.shape[2:])
+
+        return hook
+
+    def __enter__(self) -> "StackedAgents":
+        model = self.stacks.model
+        try:
+            for g, (B, A) in zip(self.stacks.groups, self.factors):
+                for l, name in enumerate(g.names):
+                    module = model.get_submodule(name)
+                    if not hasattr(module, "_disable_adapters"):
+                        raise TypeError(f"layer {name!r} is not a peft LoRA layer this version of decaf_lora knows")
+                    self._disabled.append((module, module._disable_adapters))
+                    module._disable_adapters = True  # the base layer only; the hook adds every agent's delta
+                    self._handles.append(module.register_forward_hook(
+                        self._lora_hook(B[:, l], A[:, l], float(g.scaling[l]), name)))
+            owners: Dict[str, Dict[str, Tensor]] = {}
+            for full, t in self.dense.items():
+                owner, _, leaf = full.rpartition(".")
+                owners.setdefault(owner, {})[leaf] = t
+            for owner, params in owners.items():
+                module = model.get_submodule(owner)
+                self._handles.append(module.register_forward_hook(self._dense_hook(params, owner)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        for module, flag in self._disabled:
+            module._disable_adapters = flag
+        self._handles, self._disabled = [], []
