@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -570,3 +571,25 @@ def test_cli_flags_override_the_config_file(tmp_path):
                                                    "--max-grad-norm", "none", "--target-modules", "query,key"]))
     assert cfg.time_varying is None and cfg.max_grad_norm is None and cfg.target_modules == ["query", "key"]
     assert cli._config_from_args(parser.parse_args(["compare"])) == TrainConfig()
+
+
+def test_independent_A_gives_each_agent_its_own_draw_by_its_index(tiny_model, tiny_csv, tmp_path):
+    cfg = tiny_config(tiny_model, tiny_csv, tmp_path, a_init="independent", rounds=1, algorithm="dlora")
+    shared = Trainer(cfg.replace(a_init="shared"), log=lambda *_: None)
+    a = Trainer(cfg, log=lambda *_: None)
+    for g, g0 in zip(a.stacks.groups, shared.stacks.groups):
+        assert torch.equal(g.B, g0.B) and not g.B.any()  # B starts at 0 either way
+        bound = 1.0 / g.k ** 0.5
+        assert g.A.abs().max() <= bound and g.A.std() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+        assert all(not torch.equal(g.A[i], g.A[j]) for i in range(4) for j in range(i))
+        assert torch.equal(g0.A[0], g0.A[3])  # shared: everyone starts from the model's A
+    # a function of the seed and the agent's index alone: the same with 6 agents, another with another seed
+    six = Trainer(cfg.replace(agents=6), log=lambda *_: None)
+    other = Trainer(cfg.replace(seed=1), log=lambda *_: None)
+    for g, g6, go in zip(a.stacks.groups, six.stacks.groups, other.stacks.groups):
+        assert torch.equal(g.A, g6.A[:4]) and not torch.equal(g.A, go.A)
+    assert cfg.run_hash() != cfg.replace(a_init="shared").run_hash()
+    last = a.run().history[-1]
+    assert math.isfinite(last["train_loss"]) and last["interference_rel"] > 0
+    with pytest.raises(ValueError, match="a_init"):
+        cfg.replace(a_init="random")

@@ -24,6 +24,7 @@ _EXPORTS = {
     "AgentStacks": "adapters",
     "ALGORITHMS": "names",
     "MOMENT_POLICIES": "names",
+    "A_INITS": "names",
     "align_factors": "algorithms",
     "make_algorithm": "algorithms",
     "TrainConfig": "config",

@@ -13,6 +13,7 @@ peft's API is used as is: adapted layers are found as ``peft.tuners.lora.LoraLay
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -164,6 +165,16 @@ class AgentStacks:
                 g.B[i, l].copy_(lora_B.weight)
         for n, p in self.dense_params.items():
             self.dense[n][i].copy_(p)
+
+    @torch.no_grad()
+    def draw_A(self, slot: int, generator: torch.Generator) -> None:
+        """Replace slot ``slot``'s A factors by a fresh draw of peft's default LoRA initialisation (Kaiming-uniform
+        with a = sqrt(5): uniform in +-1/sqrt(k) for a layer of input size k), from ``generator`` (CPU), layer by
+        layer in group order."""
+        for g in self.groups:
+            bound = 1.0 / math.sqrt(g.k)
+            draw = torch.rand(g.A[slot].shape, generator=generator, dtype=torch.float64) * (2 * bound) - bound
+            g.A[slot].copy_(draw.to(g.A.dtype))
 
     def agent_parameters(self, i: int, *, include_A: bool = True) -> List[nn.Parameter]:
         """Parameters that alias agent i's slots of the stacks (an optimizer updating them updates the stacks)."""

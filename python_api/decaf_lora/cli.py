@@ -46,6 +46,8 @@ _HELP = {
     "lora_alpha": "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with --rslora)",
     "rslora": "rank-stabilised LoRA: scale alpha / sqrt(r)",
     "lora_dropout": "dropout on LoRA's input (each agent draws from its own random stream)",
+    "a_init": "how the agents' A factors start: shared (all from the model's adapter) or independent (each agent "
+              "its own draw from peft's distribution, seeded by --seed and its index); B starts at 0 either way",
     "data": f"'{DATA_BUILTIN}' (the built-in task) or your data: a .csv/.jsonl/.parquet file or a datasets "
             "save_to_disk folder (its train split; its test or validation split is the test set)",
     "test_data": "your test file; none: hold out --test-fraction of --data",
@@ -98,7 +100,7 @@ _HELP = {
 # the flag groups of train and compare, in --help's order; "algorithm" is train's, "algorithms" compare's
 _GROUPS = (
     ("algorithm, model and task", ("algorithm", "algorithms", "task", "model", "head", "target_modules", "rank",
-                                   "lora_alpha", "rslora", "lora_dropout")),
+                                   "lora_alpha", "rslora", "lora_dropout", "a_init")),
     ("data", ("data", "test_data", "text_column", "label_column", "prompt_column", "completion_column",
               "test_fraction", "max_length", "partition", "dirichlet_alpha", "shards_per_agent", "wordnet_path",
               "train_size", "test_size")),

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from ._checks import check_choice, is_real, shown
-from .names import (ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS, GRAPHS, HEADS,
-                    MOMENT_POLICIES, PARTITION_AUTO, PARTITIONS, REPORT_TO, SPLITS, TASKS, TIME_VARYING, WEIGHTS,
+from .names import (A_INITS, ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS,
+                    GRAPHS, HEADS, MOMENT_POLICIES, PARTITION_AUTO, PARTITIONS, REPORT_TO, SPLITS, TASKS, TIME_VARYING, WEIGHTS,
                     WIRE_DTYPES)
 
 
@@ -42,6 +42,7 @@ class TrainConfig:
     lora_alpha: float = 16.0
     rslora: bool = False
     lora_dropout: float = 0.0
+    a_init: str = "shared"  # or "independent": each agent draws its own A (B = 0 either way)
     # data
     data: str = DATA_BUILTIN  # "wordnet" or a .csv/.jsonl file of (text, label)
     test_data: Optional[str] = None  # user data: a test file; without one, test_fraction of `data` is held out
@@ -166,7 +167,7 @@ _INT_NOTES = {"agents": " (a decentralised run needs two agents)", "length_group
               "checkpoint_every": " (0: no checkpoints)"}
 _LIST_ITEM = {"algorithms": "algorithm", "report_to": "destination (or 'none')"}
 _DEVICE = re.compile(r"(cpu|cuda(:\d+)?|auto)")
-_CHOICES = {"algorithm": ALGORITHMS, "moments": MOMENT_POLICIES, "split": SPLITS,
+_CHOICES = {"algorithm": ALGORITHMS, "a_init": A_INITS, "moments": MOMENT_POLICIES, "split": SPLITS,
             "consensus_method": CONSENSUS_METHODS,
             "graph": GRAPHS + ("custom",), "weights": WEIGHTS, "time_varying": TIME_VARYING,
             "wire_dtype": WIRE_DTYPES, "task": TASKS, "head": HEADS,

@@ -10,6 +10,11 @@ from __future__ import annotations
 ALGORITHMS = ("local", "dlora", "dlora_fa", "decaf", "fedavg", "exact_avg")
 """The algorithms of :func:`decaf_lora.algorithms.make_algorithm`."""
 
+#: How the agents' LoRA A factors start. "shared" (default): every agent starts from the model's adapter (peft's
+#: random A, B = 0), the same for all. "independent": each agent draws its own A (peft's distribution, uniform in
+#: +-1/sqrt(k), from its own seeded stream; B = 0 still), so the agents' factors disagree from the start.
+A_INITS = ("shared", "independent")
+
 #: What happens to the optimizer's moments of B and A when an algorithm re-factorises them.
 #: "procrustes" (default): rotate the new factors onto the old basis (products unchanged), keep the moments.
 #: "reset": keep the new factors as the SVD gives them and clear the moments (Adam restarts its warm-up).

@@ -53,6 +53,9 @@ from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, a
                        check_replaceable, clean_stale_temporaries, mark_run, read_checkpoint)
 from .runfiles import check_out_dir as _check_out_dir
 
+# the streams of seed + 1 from this index on draw the agents' A factors (below it: their dropout streams)
+A_INIT_STREAM = 500_000
+
 # evaluation runs this many adapters through the model per test batch (memory grows with it)
 EVAL_AGENTS_PER_PASS = 16
 
@@ -140,6 +143,9 @@ class Trainer:
         self.local = self.placement.local
         self.stacks = AgentStacks(self.model, len(self.local), device=self.device)
         self.stacks.set_train_A(self.algorithm.trains_A)
+        if c.a_init == "independent":  # each agent's own A, by its index: the same wherever the agent runs
+            for slot, agent in enumerate(self.placement.local):
+                self.stacks.draw_A(slot, stream_generator(c.seed + 1, A_INIT_STREAM + agent))
         self.exchange = Exchange(self.group, self.placement,
                                  wire_dtype=WIRE_DTYPES[c.wire_dtype] if c.wire_dtype != "float32" else None)
         self.params = [self.stacks.agent_parameters(i, include_A=self.algorithm.trains_A)
