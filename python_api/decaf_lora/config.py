@@ -23,8 +23,8 @@ from typing import Any, List, Optional
 
 from ._checks import check_choice, is_real, shown
 from .names import (A_INITS, ALGORITHMS, BUILTIN_MODEL, CONSENSUS_METHODS, DATA_BUILTIN, DEFAULT_WORDNET_NOUNS,
-                    GRAPHS, HEADS, MOMENT_POLICIES, PARTITION_AUTO, PARTITIONS, REPORT_TO, SPLITS, TASKS, TIME_VARYING, WEIGHTS,
-                    WIRE_DTYPES)
+                    GRAPHS, HEADS, MOMENT_POLICIES, PARTITION_AUTO, PARTITIONS, REPORT_TO, SPLITS, TASKS,
+                    TIME_VARYING, WEIGHTS, WIRE_DTYPES)
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Dict, List, Optional, Sequence
 from .memory import MEMORY
 from .runfiles import PLOT, SUMMARY, atomic_write_bytes
 
-__all__ = ["TIMES", "summarise", "task_metrics", "summary_row", "table", "markdown_table", "write_csv", "figure", "plot",
-           "write_outputs"]
+__all__ = ["TIMES", "summarise", "task_metrics", "summary_row", "table", "markdown_table", "write_csv", "figure",
+           "plot", "write_outputs"]
 
 TIMES = ("time_local", "time_wait", "time_comm", "time_consensus", "time_eval")
 """What a process measures per round (seconds), reported as the maximum over processes."""
@@ -59,14 +59,14 @@ _NOT_SETTINGS = ("algorithm", "algorithms", "rounds", "out_dir", "progress", "re
                  "dist_timeout", "eval_batch_size")
 
 
+_FIXED_TESTS = ("test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_avg_model", "test_loss_mean",
+                "test_loss_avg_model")
+
+
 def task_metrics(rec: dict) -> List[str]:
     """The test metrics of ``rec`` beyond the fixed ones: every task's ``test_<metric>_mean`` and
     ``test_<metric>_avg_model`` (a causal LM's ``test_perplexity_mean``, ``test_token_acc_avg_model``, ...)."""
     return [k for k in rec if k.startswith("test_") and k.endswith(("_mean", "_avg_model")) and k not in _FIXED_TESTS]
-
-
-_FIXED_TESTS = ("test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_avg_model", "test_loss_mean",
-                "test_loss_avg_model")
 
 
 def summarise(history: List[dict]) -> dict:

@@ -18,9 +18,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from .lm_data import IGNORE_INDEX, lm_accuracy
 from .models import model_output_logits
-
-IGNORE = -100
 
 
 def _forward(model, batch: Dict[str, torch.Tensor]):
@@ -28,19 +27,21 @@ def _forward(model, batch: Dict[str, torch.Tensor]):
 
 
 class _Task:
-    """What both tasks evaluate the same way: their ``sums(logits, labels)`` over one batch or per segment."""
+    """What both tasks evaluate the same way: their per-example ``row_sums(logits, labels)``, added up over one
+    batch or per segment, read back to the host once per batch."""
 
     @torch.no_grad()
     def eval_sums(self, model, batch) -> Dict[str, float]:
         """The evaluation sums of one batch."""
-        return self.sums(model_output_logits(_forward(model, batch)), batch["labels"])
+        return self.segment_sums(model, batch, 1)[0]
 
     @torch.no_grad()
     def segment_sums(self, model, batch, n: int) -> List[Dict[str, float]]:
         """The evaluation sums of each of the ``n`` equal segments of ``batch`` (one per agent: see
         :class:`decaf_lora.fused.StackedAgents`), from one forward pass."""
-        logits = model_output_logits(_forward(model, batch))
-        return [self.sums(lg, lb) for lg, lb in zip(logits.chunk(n), batch["labels"].chunk(n))]
+        rows = self.row_sums(model_output_logits(_forward(model, batch)), batch["labels"])
+        table = torch.stack([v.to(torch.float64).reshape(n, -1).sum(1) for v in rows.values()])  # (metrics, n)
+        return [dict(zip(rows, column)) for column in table.T.tolist()]
 
 
 class ClassificationTask(_Task):
@@ -50,11 +51,10 @@ class ClassificationTask(_Task):
         return F.cross_entropy(model_output_logits(_forward(model, batch)).float(), batch["labels"])
 
     @staticmethod
-    def sums(logits, labels) -> Dict[str, float]:
+    def row_sums(logits, labels) -> Dict[str, torch.Tensor]:
         logits = logits.float()
-        return {"correct": float((logits.argmax(-1) == labels).sum()),
-                "loss_sum": float(F.cross_entropy(logits, labels, reduction="sum")),
-                "count": float(labels.shape[0])}
+        return {"correct": logits.argmax(-1) == labels, "loss_sum": F.cross_entropy(logits, labels, reduction="none"),
+                "count": torch.ones_like(labels)}
 
     @staticmethod
     def metrics(sums: Dict[str, float]) -> Dict[str, float]:
@@ -77,19 +77,16 @@ class CausalLMTask(_Task):
 
     def loss(self, model, batch) -> torch.Tensor:
         logits, target = self._shifted(model, batch)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
 
     @staticmethod
-    def sums(logits, labels) -> Dict[str, float]:
-        logits, target = logits[:, :-1].float(), labels[:, 1:]
-        counted = target != IGNORE
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
-                               reduction="sum")
-        right = (logits.argmax(-1) == target) & counted
-        has = counted.any(1)
-        exact = ((right | ~counted).all(1) & has)
-        return {"loss_sum": float(loss), "tokens": float(counted.sum()), "token_correct": float(right.sum()),
-                "exact": float(exact.sum()), "count": float(has.sum())}
+    def row_sums(logits, labels) -> Dict[str, torch.Tensor]:
+        shifted = logits[:, :-1].float()
+        loss = F.cross_entropy(shifted.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+        acc = lm_accuracy(logits, labels)  # per row: label tokens predicted right, label tokens, all right
+        has = acc["tokens"] > 0
+        return {"loss_sum": loss.sum(1), "tokens": acc["tokens"], "token_correct": acc["correct"],
+                "exact": acc["exact"] & has, "count": has}
 
     def metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
         loss = sums["loss_sum"] / max(sums["tokens"], 1.0)

@@ -33,7 +33,8 @@ ROUND_COLUMNS = (
     [("round", "round", None), ("train_loss", "train_loss", None), ("test_loss_mean", "test_loss_mean", None),
      ("test_acc_mean", "test_acc_mean", None), ("test_acc_min", "test_acc_min", None),
      ("test_acc_max", "test_acc_max", None), ("test_acc_avg_model", "test_acc_avg_model", None),
-     ("test_loss_avg_model", "test_loss_avg_model", None), ("consensus_distance", "consensus_distance", None), ("consensus_distance_rel", "consensus_distance_rel", None),
+     ("test_loss_avg_model", "test_loss_avg_model", None), ("consensus_distance", "consensus_distance", None),
+     ("consensus_distance_rel", "consensus_distance_rel", None),
      ("interference_rel", "interference_rel", None), ("sent_MB", "bytes", MB), ("sent_total_MB", "bytes_total", MB),
      ("wire_MB", "bytes_wire", MB), ("wire_total_MB", "bytes_wire_total", MB),
      ("diagnostic_MB", "bytes_diagnostic", MB)]

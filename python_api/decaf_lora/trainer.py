@@ -62,6 +62,7 @@ EVAL_AGENTS_PER_PASS = 16
 __all__ = ["Experiment", "RunResult", "Trainer", "compare", "summarise", "check_out_dir", "check_export_path",
            "atomic_write_bytes", "CHECKPOINT_FORMAT"]
 
+
 def _versions() -> dict:
     import peft
     import transformers
@@ -511,9 +512,10 @@ class Trainer:
             self.stacks.load_factors(*self.averaged_adapter(everyone))
         else:
             factors, dense, _ = everyone
-            self.stacks.load_factors([(B[agent], A[agent]) for B, A in factors], {n: t[agent] for n, t in dense.items()})
+            self.stacks.load_factors([(B[agent], A[agent]) for B, A in factors],
+                                     {n: t[agent] for n, t in dense.items()})
         c = self.config
-        info = {"model": c.model, "task": c.task, "label_names": self.exp.label_names if c.task != "causal_lm" else None,
+        info = {"model": c.model, "task": c.task, "label_names": self.exp.label_names,  # None for a causal LM
                 "agent": agent, "algorithm": c.algorithm, "round": self.round, "max_length": c.max_length,
                 "text_column": c.text_column, "prompt_column": c.prompt_column,
                 "completion_column": c.completion_column}
