@@ -35,14 +35,16 @@ def star_asymmetric(n: int, dtype=torch.float64) -> torch.Tensor:
 GRAPHS = {"ring": ring, "complete": complete, "star": star_asymmetric}
 
 
-def save_tiny_bert(path, tokenizer, seed: int = 1234) -> str:
-    """A 2-layer BERT (hidden size 32) with random weights drawn under ``seed``, saved with ``tokenizer`` to
-    ``path`` like any local transformers model (decaf_lora's tests: nothing is downloaded)."""
+def save_tiny_bert(path, tokenizer, seed: int = 1234, dropout: float = 0.1) -> str:
+    """A 2-layer BERT (hidden size 32, hidden and attention dropout ``dropout``) with random weights drawn under
+    ``seed``, saved with ``tokenizer`` to ``path`` like any local transformers model (decaf_lora's tests: nothing
+    is downloaded)."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
+                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                     attention_probs_dropout_prob=dropout)
     BertModel(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

@@ -102,7 +102,7 @@ def test_bad_use_is_refused_and_leaves_the_model_as_it_was(models, tmp_path):
     with pytest.raises(ValueError, match="cannot be cut into 2 equal agent segments"):
         with StackedAgents(tr.stacks, factors, tr.stacks.dense):
             _logits(tr.model, batch)  # 3 rows for 2 agents
-    with pytest.raises(ValueError, match="eval mode"):
+    with pytest.raises(ValueError, match="met the model in training mode"):
         with StackedAgents(tr.stacks, factors, tr.stacks.dense):
             tr.model.train()
             tr.model(input_ids=batch["input_ids"].repeat(2, 1), attention_mask=batch["attention_mask"].repeat(2, 1))

@@ -75,6 +75,8 @@ _HELP = {
     "comm_every": "local optimizer steps per agent between communications (one round)",
     "batch_size": "examples per local step",
     "length_grouping": "draw batches from runs of K x batch size examples sorted by length (0: off)",
+    "fused": "train all of a process's agents in one forward/backward per local step instead of one after another "
+             "(same results without dropout; with dropout the agents draw from one stream per process and round)",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "max_grad_norm": "clip each agent's gradient norm to X (none: no clipping)",
@@ -105,7 +107,7 @@ _GROUPS = (
               "test_fraction", "max_length", "partition", "dirichlet_alpha", "shards_per_agent", "wordnet_path",
               "train_size", "test_size")),
     ("agents and graph", ("agents", "graph", "adjacency", "weights", "time_varying", "er_p")),
-    ("optimisation", ("rounds", "comm_every", "batch_size", "length_grouping", "lr", "weight_decay",
+    ("optimisation", ("rounds", "comm_every", "batch_size", "length_grouping", "fused", "lr", "weight_decay",
                       "max_grad_norm", "moments", "split", "consensus_method", "seed")),
     ("evaluation and output", ("eval_every", "eval_batch_size", "out_dir", "checkpoint_every", "progress",
                                "report_to")),

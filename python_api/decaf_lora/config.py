@@ -70,6 +70,7 @@ class TrainConfig:
     comm_every: int = 2  # local steps between communications (one round = comm_every steps per agent)
     batch_size: int = 16
     length_grouping: int = 8  # batches drawn from runs of 8 * batch_size examples sorted by length (0: off)
+    fused: bool = False  # all of a process's agents in one forward/backward per local step (decaf_lora.fused)
     lr: float = 5e-3
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0

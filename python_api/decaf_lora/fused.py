@@ -10,8 +10,10 @@ in one pass whose matmuls are n times larger and whose Python overhead is paid o
 
 While :class:`StackedAgents` is active, peft's own LoRA computation in the adapted layers is switched off (their
 ``_disable_adapters`` flag, restored on exit) and forward hooks add the stacked deltas; nothing else of the model
-changes. It serves evaluation (no dropout: the model must be in eval mode); the training loop still steps agents one
-after another.
+changes. It serves evaluation (the model in eval mode) and, with ``training=True``, the fused local steps: the
+factors and dense stacks given may then be leaves that require grad, and a backward pass of the segments' losses
+leaves each agent's gradient in its slot of their ``.grad``. In training mode peft's LoRA dropout is applied to
+the layer input as peft would, drawn from torch's global RNG like every other dropout of the pass.
 """
 
 from __future__ import annotations
@@ -21,12 +23,43 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StackedAgents", "repeat_batch"]
+__all__ = ["StackedAgents", "equal_segments", "repeat_batch", "step_agents"]
 
 
 def repeat_batch(batch: Dict[str, Tensor], n: int) -> Dict[str, Tensor]:
     """``batch`` with every tensor repeated ``n`` times along dimension 0: one segment per agent."""
     return {k: v.repeat(n, *([1] * (v.dim() - 1))) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def equal_segments(indices: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The agents' batch rows ``indices`` (one 1-D tensor each) as one index of ``n`` equal segments: a shorter one
+    (an agent whose partition is smaller than a batch) is filled up with copies of its first row. Returns the index
+    and the positions of the fillers, whose labels the caller sets to -100 so that they carry no loss."""
+    size = max(len(i) for i in indices)
+    filler = [torch.arange(len(i), size) + k * size for k, i in enumerate(indices) if len(i) < size]
+    full = [torch.cat([i, i[:1].expand(size - len(i))]) if len(i) < size else i for i in indices]
+    return torch.cat(full), torch.cat(filler) if filler else torch.zeros(0, dtype=torch.long)
+
+
+def step_agents(leaves: Sequence[Tensor], params: Sequence[Sequence[Tensor]], optimizers, max_grad_norm) -> None:
+    """After a backward through :class:`StackedAgents`: per agent ``i``, clip its slice of the stacked gradients
+    (``leaves[j].grad[i]``) to ``max_grad_norm`` (None: no clipping) as ``clip_grad_norm_`` on its parameters alone
+    would, hand them to its parameters ``params[i]`` (in the order of ``leaves``) and step ``optimizers[i]``. The
+    leaves' gradients are cleared."""
+    grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
+    n = grads[0].shape[0]
+    if max_grad_norm is not None:
+        norms = torch.stack([g.reshape(n, -1).norm(dim=1) for g in grads]).norm(dim=0)  # (n,)
+        coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(n, *([1] * (g.dim() - 1))))
+    for slot, (agent_params, opt) in enumerate(zip(params, optimizers)):
+        for p, g in zip(agent_params, grads):
+            p.grad = g[slot]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for t in leaves:
+        t.grad = None
 
 
 def _segments(x: Tensor, n: int, what: str) -> int:
@@ -40,12 +73,14 @@ class StackedAgents:
     segment ``i`` with adapter ``i``: ``factors[g] = (B (n, L, d, r), A (n, L, r, k))`` per layer group of
     ``stacks`` and ``dense[name]`` of shape ``(n, *param.shape)`` per dense trainable parameter.
 
-    Raises ValueError on entry if a shape does not fit ``stacks``, and in the pass if the model is in training mode
-    (LoRA dropout is not applied here) or a batch does not split into ``n`` equal segments.
+    Raises ValueError on entry if a shape does not fit ``stacks``, and in the pass if the model's training mode is
+    not ``training`` or a batch does not split into ``n`` equal segments.
     """
 
-    def __init__(self, stacks, factors: Sequence[Tuple[Tensor, Tensor]], dense: Dict[str, Tensor]):
+    def __init__(self, stacks, factors: Sequence[Tuple[Tensor, Tensor]], dense: Dict[str, Tensor], *,
+                 training: bool = False):
         self.stacks = stacks
+        self.training = training
         self.factors = list(factors)
         self.dense = dict(dense)
         if len(self.factors) != len(stacks.groups):
@@ -68,13 +103,17 @@ class StackedAgents:
     # ------------------------------------------------------------------------------------------------ hooks
     def _lora_hook(self, B: Tensor, A: Tensor, scale: float, name: str):
         n = self.n
+        adapter = self.stacks.adapter
 
         def hook(module, args, output):
-            if module.training:
-                raise ValueError("StackedAgents serves evaluation: put the model in eval mode (LoRA dropout is not "
-                                 "applied here)")
+            if module.training != self.training:
+                raise ValueError(f"StackedAgents(training={self.training}) met the model in "
+                                 f"{'training' if module.training else 'eval'} mode: call model.train() or "
+                                 "model.eval() to match")
             x = args[0]
             _segments(x, n, name)
+            if self.training:
+                x = module.lora_dropout[adapter](x)  # what peft's own forward does before lora_A
             xs = x.reshape(n, -1, x.shape[-1]).to(A.dtype)
             delta = torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B.transpose(1, 2)) * scale
             return output + delta.reshape(output.shape).to(output.dtype)
@@ -95,7 +134,8 @@ class StackedAgents:
             split = [a.reshape(n, _segments(a, n, name), *a.shape[1:]) for a in args]
             inside.append(True)
             try:
-                out = vmap(lambda p, *xs: functional_call(module, p, xs))(params, *split)
+                out = vmap(lambda p, *xs: functional_call(module, p, xs),
+                           randomness="different" if self.training else "error")(params, *split)
             finally:
                 inside.pop()
             return out.reshape(n * out.shape[1], *out.shape[2:])

@@ -69,6 +69,20 @@ def task_metrics(rec: dict) -> List[str]:
     return [k for k in rec if k.startswith("test_") and k.endswith(("_mean", "_avg_model")) and k not in _FIXED_TESTS]
 
 
+def eval_record(parts: List[dict]) -> dict:
+    """The round's test metrics from every process's :meth:`decaf_lora.Trainer._evaluate_local`: per metric the mean over
+    agents (and for accuracy the min, max and every agent's), and the averaged model's."""
+    avg = next(p["avg"] for p in parts if "avg" in p)
+    rec = {}
+    for k in avg:
+        values = [x for p in parts for x in p[k]]
+        rec[f"test_{k}_mean"] = sum(values) / len(values)
+        rec[f"test_{k}_avg_model"] = avg[k]
+        if k == "acc":
+            rec.update({"test_acc_min": min(values), "test_acc_max": max(values), "test_acc": values})
+    return rec
+
+
 def summarise(history: List[dict]) -> dict:
     """The final row of a run: its last evaluated metrics (every task's), last consensus distance, bytes, time (in
     total and summed per part) and peak memory (the largest of any round)."""

@@ -43,12 +43,24 @@ class _Task:
         table = torch.stack([v.to(torch.float64).reshape(n, -1).sum(1) for v in rows.values()])  # (metrics, n)
         return [dict(zip(rows, column)) for column in table.T.tolist()]
 
+    def segment_losses(self, model, batch, n: int) -> torch.Tensor:
+        """The training loss of each of the ``n`` equal segments of ``batch`` (one per agent), ``(n,)``, from one
+        forward pass: each the mean over its own rows (classification) or label tokens (causal LM), as
+        :meth:`loss` gives for the segment alone; rows or tokens labelled -100 count in none."""
+        total, count = self.row_losses(model_output_logits(_forward(model, batch)), batch["labels"])
+        return total.reshape(n, -1).sum(1) / count.reshape(n, -1).sum(1).clamp(min=1)
+
 
 class ClassificationTask(_Task):
     name = "classification"
 
     def loss(self, model, batch) -> torch.Tensor:
         return F.cross_entropy(model_output_logits(_forward(model, batch)).float(), batch["labels"])
+
+    @staticmethod
+    def row_losses(logits, labels):
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return loss, (labels != IGNORE_INDEX).to(loss.dtype)
 
     @staticmethod
     def row_sums(logits, labels) -> Dict[str, torch.Tensor]:
@@ -80,12 +92,18 @@ class CausalLMTask(_Task):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
 
     @staticmethod
+    def row_losses(logits, labels):
+        target = labels[:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE_INDEX,
+                               reduction="none")
+        return loss.sum(1), (target != IGNORE_INDEX).sum(1).to(loss.dtype)
+
+    @staticmethod
     def row_sums(logits, labels) -> Dict[str, torch.Tensor]:
-        shifted = logits[:, :-1].float()
-        loss = F.cross_entropy(shifted.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+        loss_sum, _ = CausalLMTask.row_losses(logits, labels)
         acc = lm_accuracy(logits, labels)  # per row: label tokens predicted right, label tokens, all right
         has = acc["tokens"] > 0
-        return {"loss_sum": loss.sum(1), "tokens": acc["tokens"], "token_correct": acc["correct"],
+        return {"loss_sum": loss_sum, "tokens": acc["tokens"], "token_correct": acc["correct"],
                 "exact": acc["exact"] & has, "count": has}
 
     def metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
@@ -97,13 +115,15 @@ class CausalLMTask(_Task):
 
 
 def make_task(name: str, loss: Optional[Callable] = None, *, completions: bool = False):
-    """The task object of ``name`` ("classification" / "causal_lm"); ``loss`` overrides its training loss;
-    ``completions``: see :class:`CausalLMTask`."""
+    """The task object of ``name`` ("classification" / "causal_lm"); ``loss`` overrides its training loss (and
+    leaves the task without :meth:`segment_losses`: the fused steps need the task's own); ``completions``: see
+    :class:`CausalLMTask`."""
     task = ClassificationTask() if name == "classification" else CausalLMTask(completions)
     if loss is not None:
         if not callable(loss):
             raise TypeError(f"loss must be a callable (model, batch) -> scalar tensor, got {type(loss).__name__}")
         task.loss = loss
+        task.segment_losses = None
     return task
 
 

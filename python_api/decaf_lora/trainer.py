@@ -13,7 +13,11 @@ loads the frozen model once and trains a contiguous block of N/P agents; communi
 Each agent draws its randomness (dropout) from a random stream of its own (seeded by ``seed + 1`` and its index),
 that torch's global RNG is swapped to only while that agent trains: where an agent runs does not change its
 numbers, evaluation, export and whatever the caller draws in between never change a run, and a run never moves
-the caller's global RNG. Where the run's files go is :mod:`decaf_lora.runfiles`' business.
+the caller's global RNG. With ``fused=True`` a process's agents take each local step together, in one
+forward/backward (:mod:`decaf_lora.fused`); one pass draws all their dropout at once, from a stream of the round
+and the process's first agent, so a model with dropout then gives other (equally distributed) numbers than the
+one-agent-at-a-time loop, and its numbers depend on how the agents are spread over processes. Without dropout the
+two loops agree to float rounding. Where the run's files go is :mod:`decaf_lora.runfiles`' business.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 import decaf_kernels
 
 from . import data as D
-from ._rng import stream_generator
+from ._rng import global_rng, seeded_rng_state, stream_generator
 from .adapters import AgentStacks
 from .algorithms import RoundTraffic, make_algorithm
 from .checkpoints import SHARDS, agent_state, read_agents, remove_unreferenced, restore_agents, write_checkpoint
@@ -40,13 +44,14 @@ from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
 from .exports import is_export, write_export
-from .fused import StackedAgents, repeat_batch
+from .fused import StackedAgents, equal_segments, repeat_batch, step_agents
+from .lm_data import IGNORE_INDEX
 from .memory import max_over_processes, peak_memory
 from .models import build_lora_model, classifier_kind, pick_device
 from .peer import frozen_digest
 from .processes import Group, Placement, join
 from .progress import RoundProgress
-from .report import TIMES, summarise
+from .report import TIMES, eval_record, summarise
 from .tasks import add_sums, make_task
 from .trackers import Reporters
 from .runfiles import (CHECKPOINT, CHECKPOINT_FORMAT, LOG, atomic_write_bytes, atomic_write_folder, check_out_path,
@@ -118,6 +123,9 @@ class Trainer:
         self.main = self.group.rank == 0
         self.log = log if self.main else (lambda msg: None)
         check_out_path(c.out_dir, [c.algorithm])
+        if c.fused and loss is not None:
+            raise ValueError("fused=True trains the agents in one pass with the task's own loss per agent segment; "
+                             "a loss function of yours cannot be split that way: use fused=False with loss=")
         # before anything is loaded: the settings (paths may differ between machines; the data and model they
         # hold are compared below)
         paths = ("model", "data", "test_data", "wordnet_path", "adjacency")
@@ -165,34 +173,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ randomness
     def _agent_stream(self, agent: int) -> dict:
-        seed = stream_generator(self.config.seed + 1, agent).initial_seed()
-        rng = {"torch": torch.Generator().manual_seed(seed).get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.Generator(device=self.device).manual_seed(seed).get_state()
-        return rng
-
-    def _global_rng(self) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
-
-    def _set_global_rng(self, rng: dict) -> None:
-        torch.set_rng_state(rng["torch"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return seeded_rng_state(stream_generator(self.config.seed + 1, agent).initial_seed(), self.device)
 
     @contextlib.contextmanager
     def _agent_rng(self, slot: int):
-        """Swap torch's global RNG to agent ``slot``'s stream for the block (dropout draws from the global RNG
-        only), and back."""
-        caller = self._global_rng()
-        self._set_global_rng(self._rng[slot])
-        try:
+        """Torch's global RNG on agent ``slot``'s stream for the block (dropout draws from the global RNG only)."""
+        with global_rng(self._rng[slot], self.device) as state:
             yield
-            self._rng[slot] = self._global_rng()
-        finally:
-            self._set_global_rng(caller)
+        self._rng[slot] = state()
+
+    def _fused_rng(self):
+        """Torch's global RNG, for a round's fused steps, on the stream of the round and this process's first agent
+        (one pass draws every agent's dropout at once, so not from the agent's own stream)."""
+        seed = stream_generator(self.config.seed + 2, self.round * self.config.agents + self.local[0]).initial_seed()
+        return global_rng(seeded_rng_state(seed, self.device), self.device)
 
     # ------------------------------------------------------------------------------------------------ training
     def _local_steps(self, slot: int) -> List[float]:
@@ -204,10 +198,7 @@ class Trainer:
             batch = self._batch(self.exp.train_tok, self.sampler.next_batch(agent))
             loss = self.task.loss(self.model, batch)
             value = float(loss.detach())  # the step's one host sync: both the check and the log use it
-            if not math.isfinite(value):
-                raise FloatingPointError(f"agent {agent}: the training loss is {value} at round {self.round + 1}; "
-                                         f"lower lr (now {c.lr}) or lora_alpha (now {c.lora_alpha}), or set "
-                                         f"max_grad_norm (now {c.max_grad_norm})")
+            self._check_loss(agent, value)
             loss.backward()
             self.stacks.gather_grads(self.params[slot], include_A=self.algorithm.trains_A)
             if c.max_grad_norm is not None:
@@ -217,6 +208,45 @@ class Trainer:
             self.stacks.load_agent(slot)  # the step changed the agent's slot of the stacks
             losses.append(value)
         return losses
+
+    def _fused_local_steps(self) -> List[float]:
+        """All of this process's agents' ``comm_every`` local steps, each step one forward/backward over their
+        concatenated batches (:class:`StackedAgents` in training mode): the gradients land in stacked leaves that
+        alias the stacks, each agent's are clipped to its own norm and handed to its own optimizer."""
+        c = self.config
+        n = len(self.local)
+        trains_A = self.algorithm.trains_A
+        factors = [(g.B.detach().requires_grad_(), g.A.detach().requires_grad_(trains_A))
+                   for g in self.stacks.groups]
+        dense = {k: t.detach().requires_grad_() for k, t in self.stacks.dense.items()}
+        # in the order of self.params[slot]: per group B (and A), then the dense parameters
+        leaves = [t for B, A in factors for t in ((B, A) if trains_A else (B,))] + list(dense.values())
+        losses = []
+        with StackedAgents(self.stacks, factors, dense, training=True), self._fused_rng():
+            for _ in range(c.comm_every):
+                loss = self.task.segment_losses(self.model, self._fused_batch(), n)
+                values = loss.detach().tolist()  # the step's one host sync
+                for agent, value in zip(self.local, values):
+                    self._check_loss(agent, value)
+                loss.sum().backward()  # segments are independent: each agent's gradient is its own loss's
+                step_agents(leaves, self.params, self.optimizers, c.max_grad_norm)
+                losses.extend(values)
+        return losses
+
+    def _fused_batch(self) -> dict:
+        """One batch of every local agent (its sampler's next) as equal segments (see :func:`equal_segments`)."""
+        idx, filler = equal_segments([self.sampler.next_batch(a) for a in self.local])
+        batch = self._batch(self.exp.train_tok, idx)
+        if len(filler):
+            batch["labels"][filler.to(batch["labels"].device)] = IGNORE_INDEX
+        return batch
+
+    def _check_loss(self, agent: int, value: float) -> None:
+        if not math.isfinite(value):
+            c = self.config
+            raise FloatingPointError(f"agent {agent}: the training loss is {value} at round {self.round + 1}; "
+                                     f"lower lr (now {c.lr}) or lora_alpha (now {c.lora_alpha}), or set "
+                                     f"max_grad_norm (now {c.max_grad_norm})")
 
     def _batch(self, data, idx) -> dict:
         if self.collator is None:
@@ -325,7 +355,7 @@ class Trainer:
         values are complete on rank 0)."""
         parts = self.group.all_gather_object(self._evaluate_local(self.all_agents(to_main=True)),
                                              "gathering the evaluation")
-        return _eval_record(parts)
+        return eval_record(parts)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def _round(self) -> dict:
@@ -334,9 +364,12 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         losses = []
-        for slot in range(len(self.local)):
-            with self._agent_rng(slot):
-                losses.extend(self._local_steps(slot))
+        if c.fused:
+            losses = self._fused_local_steps()
+        else:
+            for slot in range(len(self.local)):
+                with self._agent_rng(slot):
+                    losses.extend(self._local_steps(slot))
         t1 = time.perf_counter()
         W = self.algorithm.mixing(self.exp.topology, self.round)
         if W is not None and self.group.distributed:
@@ -368,7 +401,7 @@ class Trainer:
                "interference_rel": sum(interf) / len(interf) if interf else None}
         rec.update(self.consensus_metrics(everyone[0]))
         if evaluated:
-            rec.update(_eval_record([p["eval"] for p in parts]))
+            rec.update(eval_record([p["eval"] for p in parts]))
         else:
             rec.update({"test_acc_mean": None, "test_acc_min": None, "test_acc_avg_model": None})
         sent = self.algorithm.bytes_sent(self.stacks, W, c.agents)
@@ -525,20 +558,6 @@ class Trainer:
                                                                merged=merged), replaceable=is_export)
         self.group.barrier("the export")
         return path
-
-
-def _eval_record(parts: List[dict]) -> dict:
-    """The round's test metrics from every process's :meth:`Trainer._evaluate_local`: per metric the mean over
-    agents (and for accuracy the min, max and every agent's), and the averaged model's."""
-    avg = next(p["avg"] for p in parts if "avg" in p)
-    rec = {}
-    for k in avg:
-        values = [x for p in parts for x in p[k]]
-        rec[f"test_{k}_mean"] = sum(values) / len(values)
-        rec[f"test_{k}_avg_model"] = avg[k]
-        if k == "acc":
-            rec.update({"test_acc_min": min(values), "test_acc_max": max(values), "test_acc": values})
-    return rec
 
 
 def check_export_path(path: Union[str, Path]) -> None:
