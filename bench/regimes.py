@@ -161,10 +161,11 @@ def run_study(args) -> int:
         path = result_path(results, changes, seed, alg)
         cfg = config_for(changes, seed, alg, "unused", args.wordnet_path)
         if path.exists():
-            old = json.loads(path.read_text())
-            if old["run_hash"] != cfg.run_hash():
-                raise SystemExit(f"error: {path} holds a run of another configuration (run_hash {old['run_hash']}, "
-                                 f"now {cfg.run_hash()}); move it away to rerun")
+            diff = cfg.differences(json.loads(path.read_text())["config"])
+            if diff:
+                detail = "; ".join(f"{k}: there {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+                raise SystemExit(f"error: {path} holds a run of another configuration ({detail}); move it away "
+                                 "to rerun")
             continue
         record = run_one(changes, seed, alg, args)
         write_json(path, record)

@@ -41,7 +41,8 @@ def test_train_and_compare_list_only_their_own_flags():
     assert "--algorithms" in compare and "--algorithm" not in compare and "--export" not in compare
     for name in config_fields():
         flag = "--" + name.replace("_", "-")
-        assert (flag in train) == (name != "algorithms") and (flag in compare) == (name != "algorithm"), flag
+        assert (flag in train) == (name not in ("algorithms", "seeds")), flag
+        assert (flag in compare) == (name != "algorithm"), flag
     with pytest.raises(SystemExit) as exc:
         cli.build_parser().parse_args(["train", "--algorithms", "decaf,dlora"])
     assert exc.value.code == 2
@@ -176,3 +177,30 @@ def test_results_go_to_stdout_and_messages_to_stderr(tiny_model, tiny_csv, tmp_p
     row = next(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert row["algorithm"] == "dlora" and row["seed"] == "5" and "sent_MB" in row and "wall_time_s" in row
 
+
+
+def test_compare_over_seeds_reports_mean_and_spread(tiny_model, tiny_csv, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"model": tiny_model, "data": tiny_csv, "agents": 4, "rank": 4, "rounds": 2,
+                               "comm_every": 1, "batch_size": 8, "max_length": 16, "eval_every": 2,
+                               "target_modules": ["query", "value"], "out_dir": str(out_dir)}))
+    argv = ["compare", "--config", str(cfg), "--algorithms", "decaf,dlora", "--seeds", "3,4", "--no-progress"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(open(out_dir / "summary.csv")))
+    assert [(r["algorithm"], r["seed"]) for r in rows] == [("decaf", "3"), ("dlora", "3"), ("decaf", "4"),
+                                                           ("dlora", "4")]
+    for s in (3, 4):  # each seed is an ordinary comparison in its own folder
+        own = list(csv.DictReader(open(out_dir / f"seed-{s}" / "summary.csv")))
+        assert [r["seed"] for r in own] == [str(s)] * 2
+        assert (out_dir / f"seed-{s}" / "decaf" / "log.jsonl").is_file()
+    assert (out_dir / "plot.png").is_file() and "seed 3 (1 of 2)" in err
+    # the table: per algorithm the mean and sample std over the two seeds
+    accs = [float(r["test_acc_mean"]) for r in rows if r["algorithm"] == "dlora"]
+    line = next(x for x in out.splitlines() if x.startswith("dlora"))
+    mean, std = np.mean(accs), np.std(accs, ddof=1)
+    assert f"{mean:.3f} ± {std:.3f}" in line and " 2 " in line
+    # a second run without --resume/--overwrite is refused before anything is trained
+    assert cli.main(argv) == 2
+    assert "checkpoint(s) of an earlier run" in capsys.readouterr().err

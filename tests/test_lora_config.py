@@ -64,6 +64,25 @@ def test_numeric_strings_are_parsed_and_hash_like_numbers():
     assert cfg.run_hash() == same.run_hash()
 
 
+def test_a_field_added_later_differs_from_an_older_saved_config_only_off_its_default():
+    saved = TrainConfig(rank=4).to_dict()
+    del saved["fused"]  # a config saved before the field existed
+    assert TrainConfig(rank=4).differences(saved) == {}
+    assert TrainConfig(rank=4, fused=True).differences(saved) == {"fused": (False, True)}
+    assert TrainConfig(rank=8).differences(saved) == {"rank": (4, 8)}
+
+
+def test_seeds_are_a_list_of_distinct_integers():
+    assert TrainConfig(seeds="0, 1,2").seeds == [0, 1, 2] and TrainConfig(seeds=[5]).seeds == [5]
+    assert TrainConfig(seeds="none").seeds is None
+    assert TrainConfig(seeds=[0, 1]).run_hash() == TrainConfig().run_hash()  # which seeds a compare runs: no run's
+    for bad, exc, match in (("0,0", ValueError, "duplicates"), ("1,-2", ValueError, "integers >= 0"),
+                            ("1.5", ValueError, "integers >= 0"), ("a", TypeError, "seeds must be integers"),
+                            (3, TypeError, "a list of integers")):
+        with pytest.raises(exc, match=match):
+            TrainConfig(seeds=bad)
+
+
 def test_a_failed_validate_changes_nothing():
     cfg = TrainConfig()
     cfg.algorithms = "decaf,dlora"

@@ -43,6 +43,7 @@ _EXPORTS = {
     "RunResult": "trainer",
     "Trainer": "trainer",
     "compare": "trainer",
+    "compare_seeds": "seeds",
     "DecentralizedLoRA": "peer",
     "CommRecord": "peer",
     "DecafCallback": "callback",

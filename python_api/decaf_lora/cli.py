@@ -87,6 +87,8 @@ _HELP = {
     "eval_batch_size": "test examples per evaluation batch; each batch goes through the model once for every agent "
                        "and the averaged model together (up to 16 of them: rows = this x adapters)",
     "seed": "seed of the data split, partition, graph, initialisation and every agent's random streams",
+    "seeds": "comma-separated seeds: every algorithm runs once per seed (each seed's runs in <out-dir>/seed-<k>) and "
+             "the table shows mean +- std over them; overrides --seed",
     "device": "cpu, cuda, cuda:N or auto",
     "out_dir": "output folder: summary.csv, plot.png, decaf_run.json and one folder per algorithm; a non-empty "
                "folder without decaf_run.json is refused unless --overwrite",
@@ -108,12 +110,12 @@ _GROUPS = (
               "train_size", "test_size")),
     ("agents and graph", ("agents", "graph", "adjacency", "weights", "time_varying", "er_p")),
     ("optimisation", ("rounds", "comm_every", "batch_size", "length_grouping", "fused", "lr", "weight_decay",
-                      "max_grad_norm", "moments", "split", "consensus_method", "seed")),
+                      "max_grad_norm", "moments", "split", "consensus_method", "seed", "seeds")),
     ("evaluation and output", ("eval_every", "eval_batch_size", "out_dir", "checkpoint_every", "progress",
                                "report_to")),
     ("device and processes", ("device", "dist_timeout", "wire_dtype")),
 )
-_ONLY = {"algorithm": "train", "algorithms": "compare"}
+_ONLY = {"algorithm": "train", "algorithms": "compare", "seeds": "compare"}
 _OTHER = "other settings"  # fields no group names yet (a test keeps it empty)
 _PATHS = ("model", "data", "test_data", "wordnet_path", "adjacency", "out_dir")
 
@@ -178,7 +180,7 @@ def _add_field(group, name: str, f) -> None:
         group.add_argument(flag, type=_none_or(float), metavar="X", **common)
     elif kind == "Optional[str]":
         group.add_argument(flag, type=_none_or(str), metavar="PATH" if name in _PATHS else "S", **common)
-    elif kind == "List[str]":
+    elif kind in ("List[str]", "Optional[List[int]]"):
         group.add_argument(flag, type=str, metavar="A,B", **common)
     else:
         group.add_argument(flag, type=str, metavar="PATH" if name in _PATHS else "S", **common)
@@ -276,12 +278,18 @@ def _note(msg: str) -> None:
 
 
 def _print_results(results, config: TrainConfig) -> None:
+    """The table and where the outputs are; ``results``: a list of RunResult, or seed -> list (--seeds)."""
     from .report import write_outputs
     from .runfiles import LOG
+    from .seeds import write_seed_outputs
     from .trackers import AGENT_ACCURACY_CSV, METRICS_CSV
 
     out_dir = Path(config.out_dir)
-    paths = write_outputs(results, out_dir, title=_title(config))
+    if isinstance(results, dict):
+        paths = write_seed_outputs(results, out_dir, title=_title(config))
+        results = [r for runs in results.values() for r in runs]
+    else:
+        paths = write_outputs(results, out_dir, title=_title(config))
     print()
     print(paths["table"])
     print()
@@ -355,8 +363,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         algorithms = [config.algorithm] if args.command == "train" else config.algorithms
         # Trainer.run checks the folder too, but only after the data and model are loaded: fail fast here
+        seeds = config.seeds if args.command == "compare" else None
         if rank == 0 and not T.restarted_by_torchrun():
-            T.check_out_dir(config, algorithms, resume=args.resume, overwrite=args.overwrite)
+            if seeds:
+                from .seeds import check_seed_dirs
+                check_seed_dirs(config, algorithms, seeds, resume=args.resume, overwrite=args.overwrite)
+            else:
+                T.check_out_dir(config, algorithms, resume=args.resume, overwrite=args.overwrite)
             if export != "none":
                 T.check_export_path(Path(config.out_dir) / config.algorithm / ADAPTER)  # trainer.out_dir/ADAPTER
         if args.command == "train":
@@ -367,6 +380,9 @@ def _run(args: argparse.Namespace) -> int:
                 where = trainer.export(trainer.out_dir / ADAPTER, agent=export)
                 if rank == 0:
                     print(f"adapter ({export}): {where}")
+        elif seeds:
+            from .seeds import compare_seeds
+            results = compare_seeds(config, resume=args.resume, overwrite=args.overwrite, group=group, log=_note)
         else:
             results = T.compare(config, resume=args.resume, overwrite=args.overwrite, group=group, log=_note)
         if rank == 0:

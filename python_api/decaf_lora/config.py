@@ -81,6 +81,7 @@ class TrainConfig:
     eval_every: int = 5
     eval_batch_size: int = 16  # test examples per batch and adapter; every adapter rides in one pass
     seed: int = 0
+    seeds: Optional[List[int]] = None  # compare: every algorithm once per seed (overrides seed), mean +- std
     device: str = "cpu"
     out_dir: str = "runs/decaf"
     checkpoint_every: int = 10
@@ -91,7 +92,7 @@ class TrainConfig:
     wire_dtype: str = "float32"  # dtype of the parameters sent between processes ("bfloat16" halves the bytes)
 
     # Fields that do not change what a run computes: a checkpoint may be resumed with other values of these.
-    NOT_HASHED = ("algorithms", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size", "device",
+    NOT_HASHED = ("algorithms", "seeds", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size", "device",
                   "dist_timeout", "report_to")
 
     def __post_init__(self):
@@ -139,9 +140,11 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def differences(self, other: dict) -> dict:
-        """Run-defining fields whose values differ from ``other`` (a saved to_dict()): name -> (saved, now)."""
-        return {k: (other.get(k), v) for k, v in self.to_dict().items()
-                if k not in self.NOT_HASHED and other.get(k) != v}
+        """Run-defining fields whose values differ from ``other`` (a saved to_dict()): name -> (saved, now). A field
+        that ``other`` lacks was added after it was saved: that run had what is now the field's default."""
+        defaults = TrainConfig().to_dict() if any(k not in other for k in self.to_dict()) else {}
+        return {k: (other.get(k, defaults.get(k)), v) for k, v in self.to_dict().items()
+                if k not in self.NOT_HASHED and other.get(k, defaults.get(k)) != v}
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -221,6 +224,18 @@ def _normalise(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be true or false (a boolean, unquoted in YAML/JSON), got {shown(value)}")
         return value
+    if name == "seeds":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise TypeError(f"seeds must be a list of integers or a comma-separated string, got {shown(value)}")
+        items = [x for x in items if not (isinstance(x, str) and not x.strip())]
+        seeds = [_number("seeds", x, "integers >= 0") for x in items]
+        if not seeds or any(x != int(x) or x < 0 for x in seeds):
+            raise ValueError(f"seeds must be one or more integers >= 0, got {value!r}")
+        seeds = [int(x) for x in seeds]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds has duplicates: {seeds}")
+        return seeds
     if kind == "List[str]":
         if isinstance(value, str):  # "decaf,dlora" from the command line
             value = value.split(",")

@@ -39,7 +39,7 @@ _LM_COLUMNS = (("test_perplexity_mean", "ppl mean", "{:.2f}"), ("test_perplexity
 """A causal LM's table also shows the perplexity, after the accuracies."""
 
 
-def _columns(rows: Sequence[dict]):
+def table_columns(rows: Sequence[dict]):
     if not any(row.get("test_perplexity_mean") is not None for row in rows):
         return COLUMNS
     return COLUMNS[:4] + _LM_COLUMNS + COLUMNS[4:]
@@ -55,8 +55,8 @@ _CSV_METRICS = (
     + [(f"{k}_s", k, None) for k in TIMES]
     + [("peak_rss_MB", "peak_rss_bytes", MB), ("peak_cuda_MB", "peak_cuda_bytes", MB)])
 # settings that do not describe the run (where it writes, how it shows progress, compare's list)
-_NOT_SETTINGS = ("algorithm", "algorithms", "rounds", "out_dir", "progress", "report_to", "checkpoint_every",
-                 "dist_timeout", "eval_batch_size")
+_NOT_SETTINGS = ("algorithm", "algorithms", "seeds", "rounds", "out_dir", "progress", "report_to",
+                 "checkpoint_every", "dist_timeout", "eval_batch_size")
 
 
 _FIXED_TESTS = ("test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_avg_model", "test_loss_mean",
@@ -108,14 +108,20 @@ def summarise(history: List[dict]) -> dict:
 def _cell(key: str, fmt: Optional[str], value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, tuple):  # (mean, std) over seeds
+        mean, std = value
+        if key == "bytes_total" and std == 0:
+            return f"{mean / MB:.1f}"
+        return f"{_cell(key, fmt, mean)} ± {_cell(key, fmt, std)}"
     if key == "bytes_total":
         return f"{value / MB:.1f}"
     return fmt.format(value)
 
 
-def table(rows: Sequence[dict]) -> str:
-    """A fixed-width table of summary rows (one per algorithm)."""
-    columns = _columns(rows)
+def table(rows: Sequence[dict], columns=None) -> str:
+    """A fixed-width table of summary rows (one per algorithm); a value may be a (mean, std) pair. ``columns``:
+    (key, title, format) triples, :data:`COLUMNS` (and a causal LM's perplexity) by default."""
+    columns = columns or table_columns(rows)
     header = [title for _, title, _ in columns]
     body = [[_cell(k, f, row.get(k)) for k, _, f in columns] for row in rows]
     widths = [max(len(h), *(len(r[j]) for r in body)) if body else len(h) for j, h in enumerate(header)]
@@ -123,8 +129,8 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    columns = _columns(rows)
+def markdown_table(rows: Sequence[dict], columns=None) -> str:
+    columns = columns or table_columns(rows)
     header = [title for _, title, _ in columns]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(_cell(k, f, row.get(k)) for k, _, f in columns) + " |" for row in rows]

@@ -579,6 +579,9 @@ def compare(config: TrainConfig, algorithms: Optional[List[str]] = None, *, resu
     and graph prepared already, e.g. from Hugging Face datasets; built from ``config`` when None). Under torchrun
     every process calls it (``group``: see :class:`Trainer`). ``model``, ``loss``, ``collator``: see
     :class:`Trainer`; every algorithm starts from ``model``'s adapter as it was when ``compare`` was called."""
+    if config.seeds:
+        raise ValueError(f"config.seeds is {config.seeds}: compare runs one seed (config.seed); "
+                         "decaf_lora.compare_seeds runs several")
     algorithms = list(algorithms or config.algorithms)
     device = pick_device(config.device)
     group = group if group is not None else join(device, timeout=config.dist_timeout)
