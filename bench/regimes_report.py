@@ -86,7 +86,8 @@ def plot(records: Records, factor: str, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = [("test_acc_mean", "mean accuracy of the agents"), ("test_acc_avg_model", "accuracy of the averaged model"),
+    panels = [("test_acc_mean", "mean accuracy of the agents"),
+              ("test_acc_avg_model", "accuracy of the averaged model"),
               ("consensus_distance_rel", "consensus distance (relative)")]
     levels = FACTORS[factor]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
