@@ -58,12 +58,14 @@ def main(argv=None) -> int:
     ap.add_argument("--agents", default="8,16,32", help="comma-separated numbers of agents (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per loop (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    ap.add_argument("--wordnet-path", default=None, help="the WordNet noun file (default: the config's)")
     ap.add_argument("--out-dir", default="runs/fused_steps")
     args = ap.parse_args(argv)
     rows = []
     for n in [int(x) for x in args.agents.split(",")]:
         cfg = TrainConfig(agents=n, rounds=1, checkpoint_every=0, out_dir=args.out_dir, progress=False,
-                          partition="dirichlet", dirichlet_alpha=0.5, device=args.device)
+                          partition="dirichlet", dirichlet_alpha=0.5, device=args.device,
+                          **({"wordnet_path": args.wordnet_path} if args.wordnet_path else {}))
         tr = Trainer(cfg, log=lambda msg: print(msg, file=sys.stderr))
         tr.model.train()
         times = {"one by one": [], "fused": []}

