@@ -46,6 +46,7 @@ def task(tmp_path_factory):
     """A 2-layer BERT (hidden 32) with the MiniLM tokenizer, and a 4-class CSV task."""
     root = tmp_path_factory.mktemp("dist-task")
     save_tiny_bert(root / "tiny", load_tokenizer(BUILTIN_MODEL))
+    save_tiny_bert(root / "tiny-no-dropout", load_tokenizer(BUILTIN_MODEL), dropout=0.0)
     rng = random.Random(7)
     words = {"animal": ["dog", "cat", "horse", "bird"], "food": ["bread", "cheese", "apple", "soup"],
              "tool": ["hammer", "saw", "drill", "axe"], "place": ["city", "river", "valley", "island"]}
@@ -162,6 +163,20 @@ def test_processes_give_the_single_process_results(task, tmp_path, case):
         # measured: each process sends its 2 agents to the other once per round, in one buffer
         assert [r["bytes_wire"] for r in _rounds(tmp_path / "dist", "dlora")] == [4 * payload] * 3
         assert [r["bytes_wire"] for r in _rounds(tmp_path / "dist", "local")] == [0] * 3
+
+
+def test_fused_steps_on_two_processes_give_the_one_process_loop(task, tmp_path):
+    # without dropout the fused steps (each process steps its block of 2 agents in one pass) draw nothing: the
+    # run equals one process stepping its agents one after another
+    spec = dict(model=task / "tiny-no-dropout", lora_dropout=0.0, max_grad_norm=0.05)
+    rc, out = torchrun(2, ["-m", "decaf_lora", "compare", "--algorithms", "decaf,dlora", "--fused",
+                           *_flags(task, out_dir=tmp_path / "dist", **spec)], timeout=120)
+    assert rc == 0, out[-3000:]
+    compare(_config(task, out_dir=str(tmp_path / "one"), **dict(spec, model=str(spec["model"]))), ["decaf", "dlora"],
+            log=lambda *_: None)
+    for alg in ("decaf", "dlora"):
+        for a, b in zip(_rounds(tmp_path / "one", alg), _rounds(tmp_path / "dist", alg)):
+            _same_round(a, b)
 
 
 # ------------------------------------------------------------------------------------------------ faults
