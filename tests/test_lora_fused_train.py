@@ -45,11 +45,14 @@ def models(bert_no_dropout, tiny_llama, cls_csv, lm_jsonl):
     return {"bert": bert_no_dropout, "llama": tiny_llama, "cls": cls_csv, "lm": lm_jsonl}
 
 
-@pytest.mark.parametrize("algorithm", ["decaf", "dlora_fa"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_fused_steps_equal_one_agent_at_a_time(case, algorithm, models, tmp_path):
+RUNS = [(case, "decaf", "procrustes") for case in CASES] + [(case, "dlora_fa", "procrustes") for case in CASES] + \
+    [("mean_pooling", "decaf", "reset")]
+
+
+@pytest.mark.parametrize("case,algorithm,moments", RUNS)
+def test_fused_steps_equal_one_agent_at_a_time(case, algorithm, moments, models, tmp_path):
     # max_grad_norm 0.05 clips most steps: the per-agent clipping is exercised
-    kw = dict(CASES[case](models), algorithm=algorithm, max_grad_norm=0.05, rounds=2, comm_every=3)
+    kw = dict(CASES[case](models), algorithm=algorithm, moments=moments, max_grad_norm=0.05, rounds=2, comm_every=3)
     ref, h_ref = _run(_config(tmp_path=tmp_path / "ref", **kw))
     fused, h_fused = _run(_config(tmp_path=tmp_path / "fused", fused=True, **kw))
     for a, b in zip(h_ref, h_fused):
@@ -59,10 +62,18 @@ def test_fused_steps_equal_one_agent_at_a_time(case, algorithm, models, tmp_path
         assert b["consensus_distance"] == pytest.approx(a["consensus_distance"], rel=1e-4, abs=1e-7)
     for x, y in zip(_stacks(ref), _stacks(fused)):
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)
-    for o_ref, o_fused in zip(ref.optimizers, fused.optimizers):  # the Adam moments too
-        for s_ref, s_fused in zip(o_ref.state.values(), o_fused.state.values()):
-            torch.testing.assert_close(s_fused["exp_avg"], s_ref["exp_avg"], rtol=1e-4, atol=1e-7)
-            assert float(s_fused["step"]) == float(s_ref["step"]) == 6
+    for o_ref, o_fused in zip(ref.optimizers, fused.optimizers):  # the Adam moments too, as per-agent state
+        s_ref, s_fused = o_ref.state_dict(), o_fused.state_dict()
+        assert s_fused["param_groups"] == s_ref["param_groups"]
+        assert sorted(s_fused["state"]) == sorted(s_ref["state"])
+        for j, st in s_ref["state"].items():
+            for k in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(s_fused["state"][j][k], st[k], rtol=1e-4, atol=1e-9)
+            assert float(s_fused["state"][j]["step"]) == float(st["step"])
+        if moments == "reset":  # the factors' moments were cleared at the last communication, the head's kept
+            assert 0 not in s_ref["state"] and float(s_ref["state"][max(s_ref["state"])]["step"]) == 6
+        else:
+            assert float(s_ref["state"][0]["step"]) == 6
 
 
 def test_fused_steps_pad_partitions_smaller_than_a_batch(models, tmp_path):
@@ -76,6 +87,19 @@ def test_fused_steps_pad_partitions_smaller_than_a_batch(models, tmp_path):
     assert h_fused[0]["train_loss"] == pytest.approx(h_ref[0]["train_loss"], rel=1e-5)
     for x, y in zip(_stacks(ref), _stacks(fused)):
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fused_run_resumes_bit_for_bit(tiny_bert, cls_csv, tmp_path):
+    # with dropout: the fused stream of each round is a function of the seed and the round, so a resumed run draws
+    # what the uninterrupted one drew; the optimizer comes back from per-agent state
+    kw = dict(model=tiny_bert, data=cls_csv, head="mean_pooling", lora_dropout=0.1, fused=True, checkpoint_every=1)
+    full, h_full = _run(_config(tmp_path=tmp_path / "full", rounds=3, **kw))
+    _run(_config(tmp_path=tmp_path / "cut", rounds=2, **kw))
+    resumed = Trainer(_config(tmp_path=tmp_path / "cut", rounds=3, **kw), log=lambda *_: None)
+    h_resumed = resumed.run(resume=True).history
+    assert h_resumed[-1]["train_loss"] == h_full[-1]["train_loss"]
+    for x, y in zip(_stacks(full), _stacks(resumed)):
+        assert torch.equal(x, y)
 
 
 def test_fused_steps_with_dropout_have_their_own_stream(tiny_bert, cls_csv, tmp_path):
@@ -95,3 +119,42 @@ def test_fused_steps_refuse_a_loss_of_yours(models, tmp_path):
     cfg = _config(tmp_path=tmp_path, fused=True, **CASES["mean_pooling"](models))
     with pytest.raises(ValueError, match="fused=True .* loss function of yours"):
         Trainer(cfg, loss=lambda model, batch: model(**batch).sum(), log=lambda *_: None)
+
+
+def test_stacked_adamw_is_n_adamws_and_keeps_per_agent_state():
+    from decaf_lora.fused import StackedAdamW
+
+    g = torch.Generator().manual_seed(0)
+    n, shapes = 3, [(4, 2), (5,)]
+    leaves = [torch.randn(n, *s, generator=g).requires_grad_() for s in shapes]
+    params = [[torch.nn.Parameter(t[i].detach().clone()) for t in leaves] for i in range(n)]
+    hyper = dict(lr=1e-2, weight_decay=0.1)
+    stacked = StackedAdamW(leaves, **hyper)
+    alone = [torch.optim.AdamW(p, **hyper) for p in params]
+    for _ in range(3):
+        grads = [torch.randn(t.shape, generator=g) for t in leaves]
+        for t, gr in zip(leaves, grads):
+            t.grad = gr.clone()
+        stacked.step()
+        for i, (p, opt) in enumerate(zip(params, alone)):
+            for x, gr in zip(p, grads):
+                x.grad = gr[i].clone()
+            opt.step()
+    for i in range(n):
+        for t, x in zip(leaves, params[i]):
+            torch.testing.assert_close(t[i], x, rtol=0, atol=1e-7)
+        mine, theirs = stacked.agents[i].state_dict(), alone[i].state_dict()
+        assert mine["param_groups"] == theirs["param_groups"]
+        for j in theirs["state"]:
+            for k, v in theirs["state"][j].items():
+                torch.testing.assert_close(mine["state"][j][k], v, rtol=0, atol=1e-7)
+    # per-agent states load back into a fresh stacked optimizer; agents at different steps are refused
+    fresh = StackedAdamW([t.detach().clone().requires_grad_() for t in leaves], **hyper)
+    for i in range(n):
+        fresh.agents[i].load_state_dict(alone[i].state_dict())
+    for t, u in zip(leaves, fresh.leaves):
+        torch.testing.assert_close(fresh.opt.state[u]["exp_avg"], stacked.opt.state[t]["exp_avg"], rtol=0, atol=0)
+    behind = alone[1].state_dict()
+    behind["state"][0]["step"] = torch.tensor(2.0)
+    with pytest.raises(ValueError, match="different steps"):
+        fresh.agents[1].load_state_dict(behind)

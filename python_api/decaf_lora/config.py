@@ -92,8 +92,8 @@ class TrainConfig:
     wire_dtype: str = "float32"  # dtype of the parameters sent between processes ("bfloat16" halves the bytes)
 
     # Fields that do not change what a run computes: a checkpoint may be resumed with other values of these.
-    NOT_HASHED = ("algorithms", "seeds", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size", "device",
-                  "dist_timeout", "report_to")
+    NOT_HASHED = ("algorithms", "seeds", "rounds", "out_dir", "checkpoint_every", "progress", "eval_batch_size",
+                  "device", "dist_timeout", "report_to")
 
     def __post_init__(self):
         self.validate()

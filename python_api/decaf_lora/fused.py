@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StackedAgents", "equal_segments", "repeat_batch", "step_agents"]
+__all__ = ["StackedAgents", "StackedAdamW", "equal_segments", "repeat_batch", "clip_per_agent", "stacked_leaves"]
 
 
 def repeat_batch(batch: Dict[str, Tensor], n: int) -> Dict[str, Tensor]:
@@ -41,25 +41,96 @@ def equal_segments(indices: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     return torch.cat(full), torch.cat(filler) if filler else torch.zeros(0, dtype=torch.long)
 
 
-def step_agents(leaves: Sequence[Tensor], params: Sequence[Sequence[Tensor]], optimizers, max_grad_norm) -> None:
-    """After a backward through :class:`StackedAgents`: per agent ``i``, clip its slice of the stacked gradients
-    (``leaves[j].grad[i]``) to ``max_grad_norm`` (None: no clipping) as ``clip_grad_norm_`` on its parameters alone
-    would, hand them to its parameters ``params[i]`` (in the order of ``leaves``) and step ``optimizers[i]``. The
-    leaves' gradients are cleared."""
-    grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
+def stacked_leaves(stacks, trains_A: bool):
+    """Tensors that alias ``stacks`` (every agent's slot) and require grad, for the fused steps: the list of them
+    (per group B, and A when ``trains_A``, then the dense stacks: the order of each agent's parameters), and the same
+    arranged as :class:`StackedAgents` takes them (a frozen A is the stack itself)."""
+    factors = [(g.B.detach().requires_grad_(), g.A.detach().requires_grad_() if trains_A else g.A)
+               for g in stacks.groups]
+    dense = {k: t.detach().requires_grad_() for k, t in stacks.dense.items()}
+    leaves = [t for B, A in factors for t in ((B, A) if trains_A else (B,))] + list(dense.values())
+    return leaves, factors, dense
+
+
+def clip_per_agent(grads: Sequence[Tensor], max_grad_norm: float) -> None:
+    """Scale each agent's slice ``g[i]`` of the stacked gradients ``grads`` (in place) so that agent ``i``'s
+    gradient norm over all of them is at most ``max_grad_norm``, as ``clip_grad_norm_`` on its parameters alone
+    would."""
     n = grads[0].shape[0]
-    if max_grad_norm is not None:
-        norms = torch.stack([g.reshape(n, -1).norm(dim=1) for g in grads]).norm(dim=0)  # (n,)
-        coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(coef.view(n, *([1] * (g.dim() - 1))))
-    for slot, (agent_params, opt) in enumerate(zip(params, optimizers)):
-        for p, g in zip(agent_params, grads):
-            p.grad = g[slot]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    for t in leaves:
-        t.grad = None
+    norms = torch.stack([g.reshape(n, -1).norm(dim=1) for g in grads]).norm(dim=0)  # (n,)
+    coef = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(n, *([1] * (g.dim() - 1))))
+
+
+class StackedAdamW:
+    """One ``torch.optim.AdamW`` over stacked leaves ``(n, ...)``: n agents' optimizers in one (Adam is
+    elementwise, so this is n AdamWs stepping together; their launches do not grow with n).
+
+    Each agent's view (``agents[i]``) has ``state_dict()`` / ``load_state_dict()`` in the format of a per-agent
+    ``AdamW`` over that agent's parameters in the leaves' order, so checkpoints hold per-agent state whichever loop
+    wrote them. The step count is one for all agents (they step together); loading agents with different step
+    counts is refused."""
+
+    def __init__(self, leaves: Sequence[Tensor], **hyper):
+        self.leaves = list(leaves)
+        self.n = self.leaves[0].shape[0]
+        self.opt = torch.optim.AdamW(self.leaves, **hyper)
+        self.agents = [_AgentView(self, i) for i in range(self.n)]
+
+    def step(self) -> None:
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def reset(self, leaves: Sequence[Tensor]) -> None:
+        """Forget the moments (and step count) of ``leaves``, for every agent."""
+        for t in leaves:
+            self.opt.state.pop(t, None)
+
+    def agent_state_dict(self, slot: int) -> dict:
+        state = {}
+        for j, t in enumerate(self.leaves):
+            st = self.opt.state.get(t)
+            if st:
+                state[j] = {k: v[slot].clone() if torch.is_tensor(v) and v.dim() > 0 else
+                            (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+        group = {k: v for k, v in self.opt.param_groups[0].items() if k != "params"}
+        return {"state": state, "param_groups": [dict(group, params=list(range(len(self.leaves))))]}
+
+    @torch.no_grad()
+    def load_agent_state_dict(self, slot: int, sd: dict) -> None:
+        if len(sd["param_groups"]) != 1 or len(sd["param_groups"][0]["params"]) != len(self.leaves):
+            raise ValueError(f"the saved optimizer has {sum(len(g['params']) for g in sd['param_groups'])} "
+                             f"parameters, this agent {len(self.leaves)}")
+        for j, saved in sd["state"].items():
+            t = self.leaves[int(j)]
+            st = self.opt.state[t]
+            for k, v in saved.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    if v.shape != t.shape[1:]:
+                        raise ValueError(f"saved optimizer state {k!r} of shape {tuple(v.shape)} does not fit "
+                                         f"{tuple(t.shape[1:])}")
+                    if k not in st:
+                        st[k] = torch.zeros_like(t, dtype=v.dtype)
+                    st[k][slot].copy_(v)
+                elif k in st and slot > 0 and torch.is_tensor(v) and float(st[k]) != float(v):
+                    raise ValueError(f"the agents' optimizers are at different steps ({float(st[k]):g} and "
+                                     f"{float(v):g}); the fused steps need them in step")
+                else:
+                    st[k] = v.clone() if torch.is_tensor(v) else v
+
+
+class _AgentView:
+    """One agent's optimizer in a :class:`StackedAdamW` (what checkpoints save and restore)."""
+
+    def __init__(self, shared: StackedAdamW, slot: int):
+        self.shared, self.slot = shared, slot
+
+    def state_dict(self) -> dict:
+        return self.shared.agent_state_dict(self.slot)
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.shared.load_agent_state_dict(self.slot, sd)
 
 
 def _segments(x: Tensor, n: int, what: str) -> int:

@@ -70,8 +70,8 @@ def task_metrics(rec: dict) -> List[str]:
 
 
 def eval_record(parts: List[dict]) -> dict:
-    """The round's test metrics from every process's :meth:`decaf_lora.Trainer._evaluate_local`: per metric the mean over
-    agents (and for accuracy the min, max and every agent's), and the averaged model's."""
+    """The round's test metrics from every process's :meth:`decaf_lora.Trainer._evaluate_local`: per metric the
+    mean over agents (and for accuracy the min, max and every agent's), and the averaged model's."""
     avg = next(p["avg"] for p in parts if "avg" in p)
     rec = {}
     for k in avg:

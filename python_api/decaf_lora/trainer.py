@@ -44,7 +44,7 @@ from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
 from .exports import is_export, write_export
-from .fused import StackedAgents, equal_segments, repeat_batch, step_agents
+from .fused import StackedAdamW, StackedAgents, clip_per_agent, equal_segments, repeat_batch, stacked_leaves
 from .lm_data import IGNORE_INDEX
 from .memory import max_over_processes, peak_memory
 from .models import build_lora_model, classifier_kind, pick_device
@@ -159,7 +159,12 @@ class Trainer:
                                  wire_dtype=WIRE_DTYPES[c.wire_dtype] if c.wire_dtype != "float32" else None)
         self.params = [self.stacks.agent_parameters(i, include_A=self.algorithm.trains_A)
                        for i in range(len(self.local))]
-        self.optimizers = [torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay) for p in self.params]
+        if c.fused:  # one AdamW over stacked leaves that alias the stacks; self.optimizers: each agent's view
+            self._leaves, self._leaf_factors, self._leaf_dense = stacked_leaves(self.stacks, self.algorithm.trains_A)
+            self._stacked_opt = StackedAdamW(self._leaves, lr=c.lr, weight_decay=c.weight_decay)
+            self.optimizers = self._stacked_opt.agents
+        else:
+            self.optimizers = [torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay) for p in self.params]
         self.sampler = D.AgentSampler(self.exp.parts, c.batch_size, seed=c.seed, lengths=self.exp.train_tok.lengths,
                                       length_grouping=c.length_grouping)
         self.history: List[dict] = []
@@ -211,25 +216,22 @@ class Trainer:
 
     def _fused_local_steps(self) -> List[float]:
         """All of this process's agents' ``comm_every`` local steps, each step one forward/backward over their
-        concatenated batches (:class:`StackedAgents` in training mode): the gradients land in stacked leaves that
-        alias the stacks, each agent's are clipped to its own norm and handed to its own optimizer."""
+        concatenated batches (:class:`StackedAgents` in training mode): the gradients land in the stacked leaves
+        that alias the stacks, each agent's are clipped to its own norm, and one AdamW steps them all."""
         c = self.config
         n = len(self.local)
-        trains_A = self.algorithm.trains_A
-        factors = [(g.B.detach().requires_grad_(), g.A.detach().requires_grad_(trains_A))
-                   for g in self.stacks.groups]
-        dense = {k: t.detach().requires_grad_() for k, t in self.stacks.dense.items()}
-        # in the order of self.params[slot]: per group B (and A), then the dense parameters
-        leaves = [t for B, A in factors for t in ((B, A) if trains_A else (B,))] + list(dense.values())
         losses = []
-        with StackedAgents(self.stacks, factors, dense, training=True), self._fused_rng():
+        with StackedAgents(self.stacks, self._leaf_factors, self._leaf_dense, training=True), self._fused_rng():
             for _ in range(c.comm_every):
                 loss = self.task.segment_losses(self.model, self._fused_batch(), n)
                 values = loss.detach().tolist()  # the step's one host sync
                 for agent, value in zip(self.local, values):
                     self._check_loss(agent, value)
                 loss.sum().backward()  # segments are independent: each agent's gradient is its own loss's
-                step_agents(leaves, self.params, self.optimizers, c.max_grad_norm)
+                if c.max_grad_norm is not None:
+                    clip_per_agent([t.grad if t.grad is not None else torch.zeros_like(t) for t in self._leaves],
+                                   c.max_grad_norm)
+                self._stacked_opt.step()
                 losses.extend(values)
         return losses
 
@@ -255,6 +257,9 @@ class Trainer:
 
     def _reset_factor_moments(self) -> None:
         n_factor = sum(2 if self.algorithm.trains_A else 1 for _ in self.stacks.groups)
+        if self.config.fused:
+            self._stacked_opt.reset(self._leaves[:n_factor])
+            return
         for opt, params in zip(self.optimizers, self.params):
             for p in params[:n_factor]:
                 opt.state.pop(p, None)
