@@ -16,6 +16,8 @@ factor                levels (everything else as the demo)
                       once)
 ``a_init``            A shared (the demo) vs drawn independently per agent
 ``rank``              4, 8 (the demo), 16, with lora_alpha = 2 r (the demo's scale) so only the rank changes
+``fused``             not a regime: the one-agent-at-a-time loop vs the fused local steps, whose dropout comes
+                      from another stream (same distribution expected)
 ====================  =====================================================================================
 
 Each (setting, seed, algorithm) is one run, evaluated at its last round only, whose summary is written to
@@ -51,8 +53,11 @@ FACTORS: Dict[str, List[Tuple[str, dict]]] = {
     "graph": [("ring-16", dict(agents=16, graph="ring")), ("complete-16", dict(agents=16, graph="complete"))],
     "a_init": [("shared", {}), ("independent", dict(a_init="independent"))],
     "rank": [("4", dict(rank=4, lora_alpha=8.0)), ("8", {}), ("16", dict(rank=16, lora_alpha=32.0))],
+    # not a regime: the fused local steps draw dropout from another stream; do the results agree in distribution?
+    "fused": [("off", {}), ("on", dict(fused=True))],
 }
 ALGORITHMS = ["decaf", "dlora", "dlora_fa", "fedavg", "local"]
+ONLY = {"fused": ("decaf", "dlora")}  # factors that need only some algorithms
 # these never read the graph (no communication, or a server that sees everyone)
 GRAPH_FREE = {"local", "fedavg"}
 METRICS = [("test_acc_mean", "acc mean"), ("test_acc_min", "acc min"), ("test_acc_avg_model", "acc avg-model"),
@@ -83,7 +88,7 @@ def jobs(factors: List[str], seeds: List[int], algorithms: List[str]) -> List[Tu
         for seed in seeds:
             for f in factors:
                 for _, changes in FACTORS[f]:
-                    for alg in group:
+                    for alg in (a for a in group if a in ONLY.get(f, group)):
                         eff = effective_changes(changes, alg)
                         key = (setting_name(eff), seed, alg)
                         if key not in seen:
