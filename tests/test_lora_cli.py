@@ -201,6 +201,12 @@ def test_compare_over_seeds_reports_mean_and_spread(tiny_model, tiny_csv, tmp_pa
     line = next(x for x in out.splitlines() if x.startswith("dlora"))
     mean, std = np.mean(accs), np.std(accs, ddof=1)
     assert f"{mean:.3f} ± {std:.3f}" in line and " 2 " in line
+    # then each algorithm's difference to the first, seed by seed
+    cd = {(r["algorithm"], r["seed"]): float(r["consensus_distance_rel"]) for r in rows}
+    diffs = [cd["dlora", s] - cd["decaf", s] for s in ("3", "4")]
+    wins = sum(d < 0 for d in diffs)
+    paired = next(x for x in out.splitlines() if x.startswith("dlora - decaf"))
+    assert paired.endswith(f"{np.mean(diffs):+.3f} ± {np.std(diffs, ddof=1):.3f} ({wins}/2)")
     # a second run without --resume/--overwrite is refused before anything is trained
     assert cli.main(argv) == 2
     assert "checkpoint(s) of an earlier run" in capsys.readouterr().err

@@ -5,7 +5,8 @@ A seed draws the data split, the partition, the graph (where random), the initia
 so one seed says little about differences of a few points between algorithms. Seed ``k``'s comparison is an
 ordinary one in ``<out_dir>/seed-<k>`` (its own summary.csv, plot and one folder per algorithm, resumable as
 any); ``<out_dir>`` gets ``summary.csv`` with every (algorithm, seed) row, ``plot.png`` with the curves averaged
-over the seeds, and the table shows each metric as mean +- sample standard deviation over the seeds.
+over the seeds, and the table shows each metric as mean +- sample standard deviation over the seeds, followed by
+each algorithm's difference to the first, seed by seed (the pairing removes what varies between seeds).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .processes import Group, join
 from .report import accuracy_name, table_columns, markdown_table, plot, summarise, table, write_csv, write_outputs
 from .runfiles import PLOT, SUMMARY, check_out_dir, mark_run
 
-__all__ = ["seed_dir", "check_seed_dirs", "compare_seeds", "seed_rows", "mean_history", "write_seed_outputs"]
+__all__ = ["seed_dir", "check_seed_dirs", "compare_seeds", "seed_rows", "paired_rows", "mean_history",
+           "write_seed_outputs"]
 
 # the curves averaged over seeds in the plot
 _CURVES = ("test_acc_mean", "test_acc_min", "test_acc_max", "test_acc_avg_model", "bytes_total",
@@ -100,6 +102,41 @@ def mean_history(histories: List[List[dict]]) -> List[dict]:
     return out
 
 
+# the metrics whose differences the paired table shows, and whether lower is better
+_PAIRED = (("test_acc_mean", "acc mean", False), ("test_acc_min", "acc min", False),
+           ("test_acc_avg_model", "acc avg-model", False), ("consensus_distance_rel", "consensus dist (rel)", True))
+
+
+def paired_rows(by_seed: Dict[int, list]) -> List[dict]:
+    """Each algorithm after the first minus the first, seed by seed (a seed's runs share data, partition, graph and
+    initialisation, so the pairing takes out what varies between seeds): per metric (mean, std) of the differences
+    and in how many seeds the algorithm did better (``<key>_wins``)."""
+    runs = list(by_seed.values())
+    algorithms = [r.algorithm for r in runs[0]]
+    rows = []
+    for alg in algorithms[1:]:
+        row = {"algorithm": f"{alg} - {algorithms[0]}", "seeds": len(runs)}
+        for key, _, lower in _PAIRED:
+            pairs = [(summarise(next(r for r in results if r.algorithm == alg).history).get(key),
+                      summarise(results[0].history).get(key)) for results in runs]
+            diffs = [a - b for a, b in pairs if a is not None and b is not None]
+            row[key] = _spread(diffs)
+            row[f"{key}_wins"] = sum(1 for d in diffs if (d < -1e-9 if lower else d > 1e-9))
+        rows.append(row)
+    return rows
+
+
+def paired_table(rows: List[dict]) -> str:
+    """The text of :func:`paired_rows`: ``mean ± std (better in k of n seeds)`` per metric."""
+    header = ["difference", "seeds"] + [title for _, title, _ in _PAIRED]
+    body = [[row["algorithm"], str(row["seeds"])]
+            + [("-" if row[k] is None else f"{row[k][0]:+.3f} ± {row[k][1]:.3f} ({row[k + '_wins']}/{row['seeds']})")
+               for k, _, _ in _PAIRED] for row in rows]
+    widths = [max(len(h), *(len(r[j]) for r in body)) for j, h in enumerate(header)]
+    return "\n".join("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
+                     for cells in [header, ["-" * w for w in widths]] + body)
+
+
 def write_seed_outputs(by_seed: Dict[int, list], out_dir, *, title: str = "") -> dict:
     """Each seed's own outputs in its folder; in ``out_dir`` summary.csv (every algorithm and seed), plot.png
     (curves averaged over the seeds) and the table of :func:`seed_rows`. Returns their paths and the table text."""
@@ -117,6 +154,11 @@ def write_seed_outputs(by_seed: Dict[int, list], out_dir, *, title: str = "") ->
     rows = seed_rows(by_seed)
     columns = table_columns(rows)
     columns = columns[:1] + (("seeds", "seeds", "{}"),) + columns[1:]
-    return {"csv": out_dir / SUMMARY, "plot": out_dir / PLOT, "table": table(rows, columns),
-            "markdown": markdown_table(rows, columns), "rows": rows}
+    text = table(rows, columns)
+    paired = paired_rows(by_seed)
+    if paired:
+        text += (f"\n\npaired by seed (each seed's difference to {paired[0]['algorithm'].split(' - ')[1]}; "
+                 "in parentheses: seeds where it did better)\n" + paired_table(paired))
+    return {"csv": out_dir / SUMMARY, "plot": out_dir / PLOT, "table": text,
+            "markdown": markdown_table(rows, columns), "rows": rows, "paired": paired}
 
