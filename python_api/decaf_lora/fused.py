@@ -18,12 +18,15 @@ the layer input as peft would, drawn from torch's global RNG like every other dr
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StackedAgents", "StackedAdamW", "equal_segments", "repeat_batch", "clip_per_agent", "stacked_leaves"]
+from .lm_data import IGNORE_INDEX
+
+__all__ = ["StackedAgents", "StackedAdamW", "equal_segments", "ignore_rows", "repeat_batch", "clip_per_agent",
+           "stacked_leaves"]
 
 
 def repeat_batch(batch: Dict[str, Tensor], n: int) -> Dict[str, Tensor]:
@@ -39,6 +42,13 @@ def equal_segments(indices: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     filler = [torch.arange(len(i), size) + k * size for k, i in enumerate(indices) if len(i) < size]
     full = [torch.cat([i, i[:1].expand(size - len(i))]) if len(i) < size else i for i in indices]
     return torch.cat(full), torch.cat(filler) if filler else torch.zeros(0, dtype=torch.long)
+
+
+def ignore_rows(batch: Dict[str, Tensor], rows: Tensor) -> Dict[str, Tensor]:
+    """``batch`` with the labels of ``rows`` (positions along dimension 0) set to -100: they carry no loss."""
+    if len(rows):
+        batch["labels"][rows.to(batch["labels"].device)] = IGNORE_INDEX
+    return batch
 
 
 def stacked_leaves(stacks, trains_A: bool):
@@ -78,7 +88,12 @@ class StackedAdamW:
         self.opt = torch.optim.AdamW(self.leaves, **hyper)
         self.agents = [_AgentView(self, i) for i in range(self.n)]
 
-    def step(self) -> None:
+    def step(self, max_grad_norm: Optional[float] = None) -> None:
+        """Clip each agent's gradient to ``max_grad_norm`` (None: no clipping, see :func:`clip_per_agent`), step
+        every agent, clear the gradients."""
+        if max_grad_norm is not None:
+            clip_per_agent([t.grad if t.grad is not None else torch.zeros_like(t) for t in self.leaves],
+                           max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 

@@ -13,11 +13,8 @@ loads the frozen model once and trains a contiguous block of N/P agents; communi
 Each agent draws its randomness (dropout) from a random stream of its own (seeded by ``seed + 1`` and its index),
 that torch's global RNG is swapped to only while that agent trains: where an agent runs does not change its
 numbers, evaluation, export and whatever the caller draws in between never change a run, and a run never moves
-the caller's global RNG. With ``fused=True`` a process's agents take each local step together, in one
-forward/backward (:mod:`decaf_lora.fused`); one pass draws all their dropout at once, from a stream of the round
-and the process's first agent, so a model with dropout then gives other (equally distributed) numbers than the
-one-agent-at-a-time loop, and its numbers depend on how the agents are spread over processes. Without dropout the
-two loops agree to float rounding. Where the run's files go is :mod:`decaf_lora.runfiles`' business.
+the caller's global RNG; ``fused=True`` steps a process's agents together and draws their dropout from one stream
+per round (:mod:`decaf_lora.fused`). Where the run's files go is :mod:`decaf_lora.runfiles`' business.
 """
 
 from __future__ import annotations
@@ -44,8 +41,7 @@ from .config import TrainConfig
 from .exchange import WIRE_DTYPES, Exchange
 from .experiment import Experiment
 from .exports import is_export, write_export
-from .fused import StackedAdamW, StackedAgents, clip_per_agent, equal_segments, repeat_batch, stacked_leaves
-from .lm_data import IGNORE_INDEX
+from .fused import StackedAdamW, StackedAgents, equal_segments, ignore_rows, repeat_batch, stacked_leaves
 from .memory import max_over_processes, peak_memory
 from .models import build_lora_model, classifier_kind, pick_device
 from .peer import frozen_digest
@@ -216,8 +212,7 @@ class Trainer:
 
     def _fused_local_steps(self) -> List[float]:
         """All of this process's agents' ``comm_every`` local steps, each step one forward/backward over their
-        concatenated batches (:class:`StackedAgents` in training mode): the gradients land in the stacked leaves
-        that alias the stacks, each agent's are clipped to its own norm, and one AdamW steps them all."""
+        concatenated batches (:class:`StackedAgents` in training mode) and one :class:`StackedAdamW` step."""
         c = self.config
         n = len(self.local)
         losses = []
@@ -228,20 +223,14 @@ class Trainer:
                 for agent, value in zip(self.local, values):
                     self._check_loss(agent, value)
                 loss.sum().backward()  # segments are independent: each agent's gradient is its own loss's
-                if c.max_grad_norm is not None:
-                    clip_per_agent([t.grad if t.grad is not None else torch.zeros_like(t) for t in self._leaves],
-                                   c.max_grad_norm)
-                self._stacked_opt.step()
+                self._stacked_opt.step(c.max_grad_norm)  # each agent clipped to its own norm, then AdamW
                 losses.extend(values)
         return losses
 
     def _fused_batch(self) -> dict:
         """One batch of every local agent (its sampler's next) as equal segments (see :func:`equal_segments`)."""
         idx, filler = equal_segments([self.sampler.next_batch(a) for a in self.local])
-        batch = self._batch(self.exp.train_tok, idx)
-        if len(filler):
-            batch["labels"][filler.to(batch["labels"].device)] = IGNORE_INDEX
-        return batch
+        return ignore_rows(self._batch(self.exp.train_tok, idx), filler)
 
     def _check_loss(self, agent: int, value: float) -> None:
         if not math.isfinite(value):
