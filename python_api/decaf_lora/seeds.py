@@ -114,11 +114,11 @@ def paired_rows(by_seed: Dict[int, list]) -> List[dict]:
     runs = list(by_seed.values())
     algorithms = [r.algorithm for r in runs[0]]
     rows = []
+    summaries = [{r.algorithm: summarise(r.history) for r in results} for results in runs]
     for alg in algorithms[1:]:
         row = {"algorithm": f"{alg} - {algorithms[0]}", "seeds": len(runs)}
         for key, _, lower in _PAIRED:
-            pairs = [(summarise(next(r for r in results if r.algorithm == alg).history).get(key),
-                      summarise(results[0].history).get(key)) for results in runs]
+            pairs = [(s[alg].get(key), s[algorithms[0]].get(key)) for s in summaries]
             diffs = [a - b for a, b in pairs if a is not None and b is not None]
             row[key] = _spread(diffs)
             row[f"{key}_wins"] = sum(1 for d in diffs if (d < -1e-9 if lower else d > 1e-9))
@@ -127,14 +127,13 @@ def paired_rows(by_seed: Dict[int, list]) -> List[dict]:
 
 
 def paired_table(rows: List[dict]) -> str:
-    """The text of :func:`paired_rows`: ``mean ± std (better in k of n seeds)`` per metric."""
-    header = ["difference", "seeds"] + [title for _, title, _ in _PAIRED]
-    body = [[row["algorithm"], str(row["seeds"])]
-            + [("-" if row[k] is None else f"{row[k][0]:+.3f} ± {row[k][1]:.3f} ({row[k + '_wins']}/{row['seeds']})")
-               for k, _, _ in _PAIRED] for row in rows]
-    widths = [max(len(h), *(len(r[j]) for r in body)) for j, h in enumerate(header)]
-    return "\n".join("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
-                     for cells in [header, ["-" * w for w in widths]] + body)
+    """The text of :func:`paired_rows`: ``mean ± std (better in k of n seeds)`` per metric (report's table)."""
+    cells = [{"algorithm": row["algorithm"], "seeds": row["seeds"],
+              **{k: None if row[k] is None else
+                 f"{row[k][0]:+.3f} ± {row[k][1]:.3f} ({row[k + '_wins']}/{row['seeds']})" for k, _, _ in _PAIRED}}
+             for row in rows]
+    columns = (("algorithm", "difference", "{}"), ("seeds", "seeds", "{}")) + tuple((k, t, "{}") for k, t, _ in _PAIRED)
+    return table(cells, columns)
 
 
 def write_seed_outputs(by_seed: Dict[int, list], out_dir, *, title: str = "") -> dict:
