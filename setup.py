@@ -50,6 +50,7 @@ from typing import Callable, Mapping, Optional
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
@@ -335,6 +336,25 @@ def _extensions() -> list[Extension]:
     return exts
 
 
+# The kernel source that decaf_kernels._nvrtc compiles at run time (when no nvcc-built _C_cuda is installed), and
+# the headers it includes, relative to csrc/.
+NVRTC_SOURCES = ("cuda/small_core_block_kernel.cuh", "include/decaf/common.h", "include/decaf/small_core/shared.h")
+
+
+class BuildPy(build_py):
+    """Copies the NVRTC kernel sources into the package (decaf_kernels/_cuda_src) of a wheel; source checkouts and
+    editable installs read them from csrc/ directly."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        dest = Path(self.build_lib) / "decaf_kernels" / "_cuda_src"
+        for rel in NVRTC_SOURCES:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(CSRC / rel, dest / rel)
+
+
 # setuptools runs this file as __main__; the guard lets tests import the helpers above without building.
 if __name__ == "__main__":
-    setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
+    setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

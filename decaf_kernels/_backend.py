@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import _ext
+from . import _ext, _nvrtc
 from .reference import mix_lowrank_torch, pair_gram_torch, small_core_torch
 
 # status code of the small-core kernels (kSmallCoreNoConvergence in csrc/include/decaf/small_core/base.h; _C.INFO_NO_CONVERGENCE)
@@ -140,10 +140,49 @@ def _warn_stuck(stuck: int, nb: int) -> None:
         )
 
 
-def _cuda_small_core_block():
-    """The block-per-problem CUDA small-core kernel, or None when this build has none."""
+CUDA_SMALL_CORE_CHOICES = ("auto", "nvcc", "nvrtc", "torch")
+
+
+def _cuda_core_choice() -> str:
+    raw = os.environ.get("DECAF_CUDA_SMALL_CORE", "").strip().lower() or "auto"
+    if raw not in CUDA_SMALL_CORE_CHOICES:
+        raise ValueError(f"DECAF_CUDA_SMALL_CORE must be one of {', '.join(CUDA_SMALL_CORE_CHOICES)}, got {raw!r}")
+    return raw
+
+
+def _nvcc_small_core():
     ext = _ext.cuda_ext()
     return ext if ext is not None and hasattr(ext, "small_core_block") else None
+
+
+def _cuda_small_core_block():
+    """The block-per-problem CUDA small-core kernel: the nvcc-built ``_C_cuda`` when installed, else the same source
+    compiled at run time by NVRTC (``_nvrtc``, needs CuPy), else None (torch fallback). DECAF_CUDA_SMALL_CORE=nvcc /
+    nvrtc / torch picks one (an unavailable pick is an error, not a silent fallback)."""
+    choice = _cuda_core_choice()
+    if choice == "torch":
+        return None
+    if choice in ("auto", "nvcc"):
+        ext = _nvcc_small_core()
+        if ext is not None:
+            return ext
+        if choice == "nvcc":
+            raise RuntimeError(f"DECAF_CUDA_SMALL_CORE=nvcc, but decaf_kernels._C_cuda is not built "
+                               f"({_ext.status('_C_cuda')})")
+    mod = _nvrtc.small_core_module()
+    if mod is None and choice == "nvrtc":
+        raise RuntimeError(f"DECAF_CUDA_SMALL_CORE=nvrtc, but the NVRTC build is {_nvrtc.status()}")
+    return mod
+
+
+def _cuda_small_core_name() -> str:
+    try:
+        core = _cuda_small_core_block()
+    except (RuntimeError, ValueError) as err:
+        return f"error: {err}"
+    if core is None:
+        return "none"
+    return "nvcc" if core is _nvcc_small_core() else "nvrtc"
 
 
 def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, target: torch.dtype = torch.float64,
@@ -178,13 +217,21 @@ def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, targ
             ext.small_core(gb.data_ptr(), ga.data_ptr(), nb, m, kr, float(alpha),
                            Xk.data_ptr(), Yk.data_ptr(), Sk.data_ptr(), info.data_ptr(), target=tname)
         elif nb > 0:
-            nwork = ext.small_core_block_work_doubles(m)
-            work = torch.empty((max(1, nb * nwork),), dtype=torch.float64, device=dev) if nwork else None
             with torch.cuda.device(dev):
-                ext.small_core_block(gb.data_ptr(), ga.data_ptr(), nb, m, kr, float(alpha), Xk.data_ptr(),
-                                     Yk.data_ptr(), Sk.data_ptr(), info.data_ptr(),
-                                     work.data_ptr() if work is not None else 0, tname,
-                                     torch.cuda.current_stream(dev).cuda_stream)
+                nwork = ext.small_core_block_work_doubles(m)
+                work = torch.empty((max(1, nb * nwork),), dtype=torch.float64, device=dev) if nwork else None
+                try:
+                    ext.small_core_block(gb.data_ptr(), ga.data_ptr(), nb, m, kr, float(alpha), Xk.data_ptr(),
+                                         Yk.data_ptr(), Sk.data_ptr(), info.data_ptr(),
+                                         work.data_ptr() if work is not None else 0, tname,
+                                         torch.cuda.current_stream(dev).cuda_stream)
+                except Exception as err:  # noqa: BLE001 - an NVRTC compile failure must not fail the op
+                    if ext is _nvcc_small_core() or isinstance(err, ValueError):
+                        raise
+                    _nvrtc.disable(f"compile or launch failed: {type(err).__name__}: {err}")
+                    warnings.warn(f"decaf_kernels: the NVRTC build of the CUDA small core failed ({err}); using "
+                                  "torch's eigh + svd from now on in this process.", RuntimeWarning, stacklevel=2)
+                    return small_core_torch(Gb.to(torch.float64), Ga.to(torch.float64), rank, alpha)
         if kr != rank:
             X[..., :kr], Y[..., :kr, :], S[..., :kr] = Xk, Yk, Sk
         if check_convergence and nb > 0:
@@ -192,6 +239,20 @@ def small_core(Gb: torch.Tensor, Ga: torch.Tensor, rank: int, alpha: float, targ
         return (X.reshape(*batch_shape, m, rank), Y.reshape(*batch_shape, rank, m),
                 S.reshape(*batch_shape, rank))
     return small_core_torch(Gb.to(torch.float64), Ga.to(torch.float64), rank, alpha)
+
+
+def _cuda_small_core_text(cuda_status: str) -> str:
+    how = ("one problem per thread block in shared memory: pivoted Cholesky + one-sided Jacobi SVD in float64")
+    which = _cuda_small_core_name()
+    if which == "nvcc":
+        return f"CUDA decaf_kernels._C_cuda.small_core_block, built by nvcc ({how})"
+    if which == "nvrtc":
+        return (f"CUDA small_core_block compiled at run time by NVRTC through CuPy, cached on disk ({how}; "
+                f"no nvcc-built _C_cuda: {cuda_status})")
+    if which.startswith("error"):
+        return which
+    return ("fallback: torch.linalg eigh + svd in float64 on the device (no CUDA small-core kernel: _C_cuda "
+            f"{cuda_status}; NVRTC {_nvrtc.status()})")
 
 
 def backend_info() -> dict:
@@ -210,7 +271,7 @@ def backend_info() -> dict:
     cuda_ok = torch.cuda.is_available()
     cpu_kernel = "C++ decaf_kernels._C" if c else f"pure PyTorch fallback (extension: {cpu_status})"
     return {
-        "extension": {"_C": cpu_status, "_C_cuda": cuda_status},
+        "extension": {"_C": cpu_status, "_C_cuda": cuda_status, "nvrtc": _nvrtc.status()},
         "triton": triton_state,
         "cuda_device": torch.cuda.get_device_name() if cuda_ok else "none",
         "cpu": {
@@ -228,11 +289,7 @@ def backend_info() -> dict:
         "cuda": {
             "consensus_tsvd.gram": ("Triton pair_gram, grouped (fp64 accumulation)" if tri is not None
                                      else "pure PyTorch fallback (Triton unavailable)"),
-            "consensus_tsvd.small_core": (
-                "CUDA decaf_kernels._C_cuda.small_core_block (one problem per thread block in shared memory: "
-                "pivoted Cholesky + one-sided Jacobi SVD in float64)" if _cuda_small_core_block() is not None
-                else "fallback: torch.linalg eigh + svd in float64 on the device (no CUDA small-core kernel in "
-                     f"this build: _C_cuda {cuda_status})"),
+            "consensus_tsvd.small_core": _cuda_small_core_text(cuda_status),
             "consensus_tsvd.reconstruct": ("Triton mix_lowrank" if tri is not None
                                             else "pure PyTorch fallback (Triton unavailable)"),
             "mix_factors": "torch matmul",

@@ -1,4 +1,4 @@
-"""GPU checks of the one-problem-per-block CUDA small-core kernel, ``_C_cuda.small_core_block``.
+"""GPU checks of the one-problem-per-block CUDA small-core kernel, ``_C_cuda.small_core_block`` and its NVRTC build.
 
 Every case builds explicit factors Bc (d x m) and Ac (m x k) with d = k = 2m in float64, hands only the Grams
 Gb = Bc^T Bc, Ga = Ac Ac^T to the kernel, and checks the result three ways:
@@ -29,15 +29,30 @@ import numpy as np
 import pytest
 import torch
 
-from decaf_kernels import _ext
+from decaf_kernels import _ext, _nvrtc
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device available: the CUDA small-core kernel cannot run here", allow_module_level=True)
-_C_cuda = _ext.cuda_ext()
-if _C_cuda is None or not hasattr(_C_cuda, "small_core_block"):
-    pytest.skip(f"decaf_kernels._C_cuda with small_core_block is not built ({_ext.status('_C_cuda')})",
+# Every test runs on each build of the kernel present: nvcc's _C_cuda, and the same source compiled by NVRTC
+# (decaf_kernels._nvrtc, with CuPy). The module-level name _C_cuda is the build under test.
+BUILDS = {}
+if _ext.cuda_ext() is not None and hasattr(_ext.cuda_ext(), "small_core_block"):
+    BUILDS["nvcc"] = _ext.cuda_ext()
+if _nvrtc.small_core_module() is not None:
+    BUILDS["nvrtc"] = _nvrtc.small_core_module()
+if not BUILDS:
+    pytest.skip(f"no build of the CUDA small core: _C_cuda {_ext.status('_C_cuda')}; NVRTC {_nvrtc.status()}",
                 allow_module_level=True)
+_C_cuda = None
 _C = _ext.cpu_ext()
+
+
+@pytest.fixture(autouse=True, params=sorted(BUILDS))
+def build(request):
+    global _C_cuda
+    _C_cuda = BUILDS[request.param]
+    yield request.param
+    _C_cuda = None
 
 EPS = np.finfo(np.float64).eps
 DEV = torch.device("cuda")

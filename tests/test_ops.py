@@ -202,7 +202,7 @@ def test_backend_info_names_every_op():
         for key in ("consensus_tsvd.gram", "consensus_tsvd.small_core", "consensus_tsvd.reconstruct", "mix_factors",
                     "mix_products", "consensus_distance", "interference"):
             assert isinstance(info[device][key], str) and info[device][key]
-    assert set(info["extension"]) == {"_C", "_C_cuda"}
+    assert set(info["extension"]) == {"_C", "_C_cuda", "nvrtc"}
 
 
 def test_missing_extension_falls_back_with_one_warning():

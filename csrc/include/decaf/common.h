@@ -38,6 +38,8 @@
 #define DECAF_HOST_VECTORS 1
 #endif
 
+// The rest is host code; NVRTC (which compiles only device code) needs just the macros above.
+#if !defined(__CUDACC_RTC__)
 namespace decaf {
 
 // Working columns are padded with zeros to a multiple of this many doubles, so vector loops need no
@@ -95,3 +97,4 @@ DECAF_INLINE vd4 hsum4x4(const vd4& a, const vd4& b, const vd4& c, const vd4& d)
 #endif
 
 }  // namespace decaf
+#endif  // !__CUDACC_RTC__

@@ -3,8 +3,8 @@
 // One call of small_core_solve() handles one problem. It touches only the arrays it is given
 // (inputs, outputs, a caller-provided workspace), allocates nothing and throws nothing, so the CPU
 // driver (csrc/cpu/small_core.cpp) runs one call per OpenMP iteration. The CUDA kernel
-// (csrc/cuda/small_core_block.cu) is a block-parallel version of the same algorithm; from these
-// headers it takes the constants and jacobi_angle, so that both compute the same rotation angles.
+// (csrc/cuda/small_core_block_kernel.cuh) is a block-parallel version of the same algorithm; it shares
+// decaf/small_core/shared.h (constants, jacobi_angle), so that both compute the same rotation angles.
 //
 // Maths (all exact in exact arithmetic):
 //   Gb = Bc^T Bc = Rb^T Rb, Ga = Ac Ac^T = Ra^T Ra   (rank-revealing pivoted Cholesky; Rb: kb x m)
@@ -45,10 +45,10 @@
 //   zeros in S, X and Y, and the product loses at most the dropped tail, sqrt(sum s_t^2) <=
 //   sqrt(rank max(m, 2) eps) s_1.
 //
-// The building blocks, one header each under decaf/small_core/: base.h (status codes, column
-// operations), cholesky.h (pivoted Cholesky), jacobi.h (one-sided Jacobi SVD), eigen.h (Householder
-// tridiagonalisation and implicit QL). This header holds the targets, the workspace layout and the
-// solver's phases.
+// The building blocks, one header each under decaf/small_core/: shared.h (status codes, targets,
+// rotation angle; also compiled for the GPU), base.h (column operations), cholesky.h (pivoted
+// Cholesky), jacobi.h (one-sided Jacobi SVD), eigen.h (Householder tridiagonalisation and implicit
+// QL). This header holds the workspace layout and the solver's phases.
 #pragma once
 
 #include <cfloat>
@@ -61,10 +61,6 @@
 #include "decaf/small_core/jacobi.h"
 
 namespace decaf {
-
-// target argument of small_core_solve: how accurate the result must be (see the header comment).
-constexpr int kSmallCoreTargetFloat64 = 0;
-constexpr int kSmallCoreTargetFloat32 = 1;
 
 // QL iteration limit of the squared path, per eigenvalue (the total cap is this times nc, as in
 // LAPACK's dsteqr). Random cores need 2.0-2.3 iterations per eigenvalue, ill-conditioned and

@@ -1,17 +1,12 @@
-// Building blocks of the small-core solver (decaf/small_core.h), 1 of 4: the status codes, and the
-// operations on zero-padded float64 columns that the other blocks are made of (each with a vector
-// path, kVec = true, and a plain-loop twin; see decaf/common.h).
+// Building blocks of the small-core solver (decaf/small_core.h), 1 of 4: the operations on
+// zero-padded float64 columns that the other blocks are made of (each with a vector path, kVec = true,
+// and a plain-loop twin; see decaf/common.h).
 #pragma once
 
 #include "decaf/common.h"
+#include "decaf/small_core/shared.h"
 
 namespace decaf {
-
-// info codes written per problem. A non-negative info is the number of Jacobi sweeps used (target
-// float64) or of QL iterations, summed over all eigenvalues (target float32; about 2.2 nc for a
-// random core, 0 when there is nothing to iterate); negative values are the same for both targets.
-constexpr int kSmallCoreNonFinite = -1;
-constexpr int kSmallCoreNoConvergence = -2;
 
 namespace small_core_detail {
 
