@@ -132,6 +132,7 @@ class _NvrtcSmallCore:
         self._np = __import__("numpy")
         self._lock = threading.Lock()
         self._funcs: dict = {}
+        self._streams: dict = {}
 
     @staticmethod
     def _check_m(m: int) -> None:
@@ -193,9 +194,28 @@ class _NvrtcSmallCore:
         args = (u64(gb_ptr), u64(ga_ptr), i32(m), i32(rank), np.float64(alpha), i32(TARGETS[target]), u64(x_ptr),
                 u64(y_ptr), u64(s_ptr), u64(info_ptr), u64(work_ptr), np.int64(wstride))
         _, nt, _ = bucket(m)
-        cp = self._cp
-        with cp.cuda.Device(dev):
-            fn((batch,), (nt,), args, shared_mem=smem_bytes(m, mask), stream=cp.cuda.ExternalStream(stream))
+        with self._cp.cuda.Device(dev), self._stream(stream):  # CuPy launches on its current stream
+            fn((batch,), (nt,), args, shared_mem=smem_bytes(m, mask))
+
+    def _stream(self, handle: int):
+        """A CuPy view of the caller's (torch's) stream, made once per handle."""
+        s = self._streams.get(handle)
+        if s is None:
+            cp = self._cp
+            from_external = getattr(cp.cuda.Stream, "from_external", None)  # CuPy >= 14; ExternalStream before
+            s = from_external(_RawStream(handle)) if from_external else cp.cuda.ExternalStream(handle)
+            self._streams[handle] = s
+        return s
+
+
+class _RawStream:
+    """A cudaStream_t handle in the CUDA stream protocol (what CuPy's Stream.from_external reads)."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self):
+        return (0, self.handle)
 
 
 _state: dict = {}

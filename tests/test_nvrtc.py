@@ -54,6 +54,9 @@ def test_kernel_compiles_with_nvrtc(m, mask, arch):
         pytest.fail(f"NVRTC failed on {name} for {arch}: {err}\n{nvrtc.getProgramLog(prog)}")
     lowered = nvrtc.getLoweredName(prog, name)
     assert lowered.startswith("_ZN5decaf4cuda23small_core_block_kernel")
+    # the parameter list _NvrtcSmallCore.small_core_block packs (Itanium mangling: const double*, const double*,
+    # int, int, double, int, double*, double*, double*, int*, double*, long long)
+    assert lowered.endswith("EEEvPKdS3_iidiPdS4_S4_PiS4_x"), lowered
     assert len(nvrtc.getCUBIN(prog)) > 10000
     log = nvrtc.getProgramLog(prog)
     assert "error" not in log.lower(), log
@@ -116,6 +119,98 @@ def test_argument_checks_before_any_launch():
         core.small_core_block(0, 8, 1, 4, 2, 0.5, 8, 8, 8, 8, 0, "float64", 0)
     with pytest.raises(ValueError, match="aligned"):
         core.small_core_block(12, 8, 1, 4, 2, 0.5, 8, 8, 8, 8, 0, "float64", 0)
+
+
+class _FakeCupy:
+    """Records what the launcher hands CuPy (no GPU here): module options, function attributes, the launch."""
+
+    def __init__(self):
+        self.calls = []
+        fake = self
+
+        class Device:
+            def __init__(self, index):
+                fake.calls.append(("device", index))
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class Function:
+            def __call__(self, grid, block, args, shared_mem=0):
+                fake.calls.append(("launch", grid, block, args, shared_mem, fake.current_stream))
+
+        class Stream:
+            def __init__(self, handle):
+                self.handle = handle
+
+            @classmethod
+            def from_external(cls, obj):
+                fake.calls.append(("stream", obj.__cuda_stream__()))
+                return cls(obj.__cuda_stream__()[1])
+
+            def __enter__(self):
+                fake.current_stream = self.handle
+
+            def __exit__(self, *exc):
+                fake.current_stream = None
+
+        class RawModule:
+            def __init__(self, code, options, name_expressions, backend):
+                fake.calls.append(("module", options, tuple(name_expressions), backend, len(code)))
+
+            def get_function(self, name):
+                fake.calls.append(("get_function", name))
+                return Function()
+
+        class cuda:  # noqa: N801 - mirrors cupy.cuda
+            pass
+
+        cuda.Device = Device
+        cuda.Stream = Stream
+        self.cuda = cuda
+        self.current_stream = None
+        self.RawModule = RawModule
+
+
+def test_launch_arguments(monkeypatch):
+    """The launch the NVRTC build makes, recorded through a stand-in for CuPy: one block per problem with the bucket's
+    thread count, the placement's shared memory (opted in above 48 KiB), the kernel's parameters in order and width,
+    the caller's stream; the function compiled once per (device, instantiation)."""
+    np = pytest.importorskip("numpy")
+    fake = _FakeCupy()
+    core = _nvrtc._NvrtcSmallCore(fake)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_nvrtc, "smem_limit", lambda dev: 227 * 1024)
+    m, rank, batch = 48, 16, 7
+    for _ in range(2):
+        core.small_core_block(8, 16, batch, m, rank, 0.5, 24, 32, 40, 44, 0, "float32", 1234)
+    assert core.small_core_block_work_doubles(m) == 0
+    name = _nvrtc.kernel_name(m, 15)
+    modules = [c for c in fake.calls if c[0] == "module"]
+    assert modules == [("module", _nvrtc.NVRTC_OPTIONS, (name,), "nvrtc", len(_nvrtc.kernel_source()))]
+    launches = [c for c in fake.calls if c[0] == "launch"]
+    assert len(launches) == 2
+    _, grid, block, args, smem, stream = launches[0]
+    assert grid == (batch,) and block == (192,) and smem == _nvrtc.smem_bytes(m, 15) > 48 * 1024
+    assert stream == 1234 and fake.current_stream is None  # launched inside the caller's stream, then restored
+    assert [c for c in fake.calls if c[0] == "stream"] == [("stream", (0, 1234))]  # one CuPy stream per handle
+    want = [(np.uint64, 8), (np.uint64, 16), (np.int32, m), (np.int32, rank), (np.float64, 0.5), (np.int32, 1),
+            (np.uint64, 24), (np.uint64, 32), (np.uint64, 40), (np.uint64, 44), (np.uint64, 0), (np.int64, 0)]
+    assert [(type(a), a) for a in args] == want
+    fn = next(v for k, v in core._funcs.items() if k == (0, name))
+    assert fn.max_dynamic_shared_size_bytes == smem
+    # a placement with a workspace: its stride is passed, and a missing workspace is refused before any launch
+    monkeypatch.setattr(_nvrtc, "smem_limit", lambda dev: 40 * 1024)
+    mask = _nvrtc.choose_mask(m, 40 * 1024)
+    assert mask != 15
+    with pytest.raises(ValueError, match="needs a workspace"):
+        core.small_core_block(8, 16, batch, m, rank, 0.5, 24, 32, 40, 44, 0, "float64", 0)
+    core.small_core_block(8, 16, batch, m, rank, 0.5, 24, 32, 40, 44, 64, "float64", 0)
+    args = [c for c in fake.calls if c[0] == "launch"][-1][3]
+    assert args[5] == 0 and args[10] == 64 and args[11] == _nvrtc.work_doubles_for(m, mask) > 0
 
 
 def test_selection(monkeypatch):
