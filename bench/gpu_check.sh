@@ -72,7 +72,7 @@ if want nvrtc; then
   $PY -c "from decaf_kernels import _nvrtc; print('nvrtc:', _nvrtc.status())" | tee "$OUT/nvrtc.txt"
   DECAF_CUDA_SMALL_CORE=nvrtc DECAF_TRITON_AUTOTUNE=0 timeout ${NVRTC_TEST_TIMEOUT:-120} $PY -m pytest -q -rfE \
       --tb=short -p no:cacheprovider tests/test_cuda_path.py tests/test_consensus_tsvd.py -k "cuda or CUDA" 2>&1 \
-      | tee "$OUT/pytest_nvrtc.log" | grep -E "FAILED|ERROR|passed|failed|^E " | head -30
+      | tee "$OUT/pytest_nvrtc.log" | grep -E "FAILED|ERROR|passed|failed|skipped|^E " | head -30
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   for b in nvcc nvrtc; do
     timeout 20 $PY bench/small_core_timing.py --build $b --skip-torch --target float32 --reps 20 \

@@ -233,7 +233,8 @@ def _load() -> tuple[Optional[_NvrtcSmallCore], str]:
                 import cupy  # noqa: F401 - the optional [cuda] extra
 
                 source_root()
-                mod, why = _NvrtcSmallCore(cupy), f"CuPy {cupy.__version__} (CUDA runtime {_cupy_cuda(cupy)})"
+                mod = _NvrtcSmallCore(cupy)
+                why = f"CuPy {cupy.__version__} (CUDA runtime {_cupy_cuda(cupy)}; torch's CUDA {torch.version.cuda})"
         except Exception as err:  # noqa: BLE001 - CuPy missing or unusable (no driver, wrong CUDA major, ...)
             mod, why = None, f"{type(err).__name__}: {err}".strip()
             if isinstance(err, ImportError):
