@@ -38,13 +38,13 @@ def test_modules_stay_small():
 
 
 # paths the code and the README cite: docs/*.md, bench/*.md, csrc/... headers and sources
-_CITED = re.compile(r"(?<![\w/.])((?:docs|bench|csrc)/[\w./-]+\.(?:md|h|cu|cpp|py|sh))")
+_CITED = re.compile(r"(?<![\w/.])((?:docs|bench|csrc)/[\w./-]+\.(?:md|h|cuh|cu|cpp|py|sh))\b")
 
 
 def test_cited_files_exist():
     sources = [ROOT / "README.md", ROOT / "bench" / "README.md"]
     for folder in ("decaf_kernels", "python_api", "bench", "csrc", "tests"):
-        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".h", ".cpp", ".cu", ".sh")]
+        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".h", ".cpp", ".cu", ".cuh", ".sh")]
     missing = sorted({f"{src.relative_to(ROOT)} cites {m}" for src in sources
                       for m in _CITED.findall(src.read_text(errors="replace")) if not (ROOT / m).exists()})
     assert not missing, missing
