@@ -37,7 +37,12 @@ def test_source_is_one_self_contained_string():
     assert "small_core_block_kernel" in src and "jacobi_angle" in src
     # each header pasted once (#pragma once would hide a second copy from the compiler, but not from the cache key)
     assert src.count("constexpr int kSmallCoreNoConvergence") == 1
-    assert _nvrtc.source_root() == ROOT / "csrc"  # a source checkout reads csrc/ itself
+    # a source checkout (editable install) reads csrc/ itself, an installed wheel its copy in _cuda_src: either way
+    # the text is the checkout's
+    root = _nvrtc.source_root()
+    assert root in (ROOT / "csrc", Path(_nvrtc.__file__).resolve().parent / "_cuda_src"), root
+    checkout = "\n".join(_nvrtc._flatten(ROOT / "csrc" / _nvrtc.KERNEL_FILE, ROOT / "csrc", set())) + "\n"
+    assert src == checkout
 
 
 @pytest.mark.parametrize("m,mask,arch", [(1, 15, "sm_90"), (48, 12, "sm_80"), (128, 4, "sm_90"), (256, 0, "sm_80")])
