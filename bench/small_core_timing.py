@@ -10,6 +10,7 @@ Random Grams (Gb = Bc^T Bc, Ga = Ac Ac^T of Gaussian factors, rank r = m // 3), 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -37,20 +38,15 @@ def main() -> int:
         import decaf_kernels  # noqa: F401
     except ImportError:  # run from a source checkout: python bench/small_core_timing.py
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from decaf_kernels import _ext, _nvrtc
+    from decaf_kernels import _backend
     from decaf_kernels.reference import small_core_torch
 
-    if args.build == "nvrtc":
-        C = _nvrtc.small_core_module()
-        if C is None:
-            print(f"small_core_timing: the NVRTC build is {_nvrtc.status()}", file=sys.stderr)
-            return 2
-    else:
-        C = _ext.cuda_ext()
-        if C is None or not hasattr(C, "small_core_block"):
-            print("small_core_timing: decaf_kernels._C_cuda with small_core_block is not built "
-                  f"({_ext.status('_C_cuda')})", file=sys.stderr)
-            return 2
+    os.environ["DECAF_CUDA_SMALL_CORE"] = args.build  # the op's own selection, which names what is missing
+    try:
+        C = _backend._cuda_small_core_block()
+    except RuntimeError as err:
+        print(f"small_core_timing: {err}", file=sys.stderr)
+        return 2
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
 

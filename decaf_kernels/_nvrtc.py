@@ -22,6 +22,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import torch
+
 KERNEL_FILE = "cuda/small_core_block_kernel.cuh"
 KERNEL_NAME = "decaf::cuda::small_core_block_kernel"
 SMALL_CORE_BLOCK_MAX_M = 256
@@ -89,8 +92,7 @@ def smem_bytes(m: int, mask: int) -> int:
     """Dynamic shared memory of one block: the matrices the mask places there (m x ld doubles each, ld = m | 1),
     then four vectors of ld doubles plus 32, then five vectors of ld ints (smem_bytes in the kernel header)."""
     ld = m | 1
-    nmat = bin(mask & 15).count("1")
-    return (nmat * m * ld + 4 * ld + 32) * 8 + 5 * ld * 4
+    return (_in_shared(mask) * m * ld + 4 * ld + 32) * 8 + 5 * ld * 4
 
 
 def choose_mask(m: int, limit: int) -> int:
@@ -102,7 +104,12 @@ def choose_mask(m: int, limit: int) -> int:
 
 
 def work_doubles_for(m: int, mask: int) -> int:
-    return (4 - bin(mask & 15).count("1")) * m * (m | 1)
+    """Global workspace per problem: the matrices the mask leaves out of shared memory."""
+    return (4 - _in_shared(mask)) * m * (m | 1)
+
+
+def _in_shared(mask: int) -> int:
+    return bin(mask & 15).count("1")
 
 
 def smem_limit(device_index: int) -> int:
@@ -116,10 +123,13 @@ def smem_limit(device_index: int) -> int:
             lim = 0
         if lim > 0:
             return lim
-    import torch
+    if device_index not in _optin:  # a device attribute: read once per device, as the nvcc build caches it
+        props = torch.cuda.get_device_properties(device_index)
+        _optin[device_index] = int(getattr(props, "shared_memory_per_block_optin", 0) or DEFAULT_SMEM)
+    return _optin[device_index]
 
-    props = torch.cuda.get_device_properties(device_index)
-    return int(getattr(props, "shared_memory_per_block_optin", 0) or DEFAULT_SMEM)
+
+_optin: dict = {}
 
 
 class _NvrtcSmallCore:
@@ -129,7 +139,6 @@ class _NvrtcSmallCore:
 
     def __init__(self, cupy):
         self._cp = cupy
-        self._np = __import__("numpy")
         self._lock = threading.Lock()
         self._funcs: dict = {}
         self._streams: dict = {}
@@ -140,8 +149,6 @@ class _NvrtcSmallCore:
             raise ValueError(f"small_core_block: m must be in [1, {SMALL_CORE_BLOCK_MAX_M}], got {m}")
 
     def small_core_block_work_doubles(self, m: int) -> int:
-        import torch
-
         self._check_m(m)
         return work_doubles_for(m, choose_mask(m, smem_limit(torch.cuda.current_device())))
 
@@ -166,8 +173,6 @@ class _NvrtcSmallCore:
                          y_ptr: int, s_ptr: int, info_ptr: int, work_ptr: int, target: str, stream: int) -> None:
         """As ``_C_cuda.small_core_block`` (same arguments, checks and results); launched on `stream`, on the
         current torch device, without host synchronisation."""
-        import torch
-
         self._check_m(m)
         if not 1 <= batch <= 2**31 - 1:
             raise ValueError(f"small_core_block: batch must be in [1, 2^31 - 1], got {batch}")
@@ -189,7 +194,6 @@ class _NvrtcSmallCore:
             raise ValueError(f"small_core_block: m = {m} needs a workspace of batch * {wstride} doubles "
                              "(small_core_block_work_doubles), got work_ptr = 0")
         fn = self._function(dev, m, mask)
-        np = self._np
         u64, i32 = np.uint64, np.int32
         args = (u64(gb_ptr), u64(ga_ptr), i32(m), i32(rank), np.float64(alpha), i32(TARGETS[target]), u64(x_ptr),
                 u64(y_ptr), u64(s_ptr), u64(info_ptr), u64(work_ptr), np.int64(wstride))
@@ -225,8 +229,6 @@ def _load() -> tuple[Optional[_NvrtcSmallCore], str]:
     if "mod" not in _state:
         mod, why = None, ""
         try:
-            import torch
-
             if not torch.cuda.is_available():
                 why = "no CUDA device"
             else:

@@ -29,17 +29,14 @@ import numpy as np
 import pytest
 import torch
 
-from decaf_kernels import _ext, _nvrtc
+from decaf_kernels import _backend, _ext, _nvrtc
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device available: the CUDA small-core kernel cannot run here", allow_module_level=True)
 # Every test runs on each build of the kernel present: nvcc's _C_cuda, and the same source compiled by NVRTC
 # (decaf_kernels._nvrtc, with CuPy). The module-level name _C_cuda is the build under test.
-BUILDS = {}
-if _ext.cuda_ext() is not None and hasattr(_ext.cuda_ext(), "small_core_block"):
-    BUILDS["nvcc"] = _ext.cuda_ext()
-if _nvrtc.small_core_module() is not None:
-    BUILDS["nvrtc"] = _nvrtc.small_core_module()
+BUILDS = {name: build for name, build in (("nvcc", _backend._nvcc_small_core()),
+                                          ("nvrtc", _nvrtc.small_core_module())) if build is not None}
 if not BUILDS:
     pytest.skip(f"no build of the CUDA small core: _C_cuda {_ext.status('_C_cuda')}; NVRTC {_nvrtc.status()}",
                 allow_module_level=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,7 +185,6 @@ def test_launch_arguments(monkeypatch):
     """The launch the NVRTC build makes, recorded through a stand-in for CuPy: one block per problem with the bucket's
     thread count, the placement's shared memory (opted in above 48 KiB), the kernel's parameters in order and width,
     the caller's stream; the function compiled once per (device, instantiation)."""
-    np = pytest.importorskip("numpy")
     fake = _FakeCupy()
     core = _nvrtc._NvrtcSmallCore(fake)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -237,7 +237,7 @@ def test_selection(monkeypatch):
 
 
 needs_both = pytest.mark.skipif(
-    not torch.cuda.is_available() or _ext.cuda_ext() is None or _nvrtc.small_core_module() is None,
+    not torch.cuda.is_available() or _backend._nvcc_small_core() is None or _nvrtc.small_core_module() is None,
     reason="needs a CUDA GPU with both the nvcc-built _C_cuda and CuPy (compares the two builds)")
 
 
