@@ -387,9 +387,6 @@ def _run(args: argparse.Namespace) -> int:
             results = T.compare(config, resume=args.resume, overwrite=args.overwrite, group=group, log=_note)
         if rank == 0:
             _print_results(results, config)
-        # every process finishes its last exchange before any tears the transport down (not on an error: a dead
-        # peer would make this wait out the timeout)
-        group.barrier("finishing the run")
     finally:
         group.close()
     return 0
